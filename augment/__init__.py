@@ -1,0 +1,1 @@
+"""Fast batch augmentation and regularization for image classification (torch only)."""

@@ -1,0 +1,105 @@
+"""Class targets: one-hot encoding, label smoothing and label checks.
+
+Label smoothing follows Szegedy et al. 2016, "Rethinking the Inception Architecture for Computer
+Vision": with smoothing ``s`` over ``K`` classes the off value is ``s / K`` and the on value is
+``1 - s + s / K``, so every row still sums to 1.
+
+Label range checks need the labels' min and max as Python numbers, which is a device sync on an
+accelerator. ``to_soft(..., validate=True)`` and ``check_labels`` do that check; the batch ops call
+them with ``validate=None`` by default, which checks only labels that live on the CPU (free there)
+and skips the check on accelerators so the training hot path never syncs. Pass ``validate=True`` to
+an op to force the check on every call (debugging), ``False`` to skip it everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["one_hot", "smooth", "to_soft", "check_labels", "check_probability"]
+
+
+def check_probability(name: str, value: float) -> float:
+    """Return ``value`` as a float if it lies in [0, 1], else raise ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _require_num_classes(y: torch.Tensor, num_classes: int | None) -> int:
+    if num_classes is None:
+        raise ValueError(
+            f"num_classes must be given for integer labels, got num_classes=None for labels of dtype {y.dtype}"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    return num_classes
+
+
+def check_labels(y: torch.Tensor, num_classes: int | None) -> None:
+    """Raise ValueError if int labels ``y: (B,)`` lack ``num_classes`` or fall outside [0, num_classes).
+
+    Soft targets ``(B, K)`` are checked for ``K == num_classes`` when ``num_classes`` is given.
+    The range check reads min/max with ``.item()``: a device sync on accelerators.
+    """
+    if y.is_floating_point():
+        if y.ndim != 2:
+            raise ValueError(f"soft targets must have shape (B, K), got shape {tuple(y.shape)}")
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise ValueError(f"num_classes must match soft targets' K={y.shape[1]}, got {num_classes}")
+        return
+    if y.ndim != 1:
+        raise ValueError(f"integer labels must have shape (B,), got shape {tuple(y.shape)}")
+    k = _require_num_classes(y, num_classes)
+    if y.numel() == 0:
+        return
+    low, high = int(y.min().item()), int(y.max().item())
+    bad = low if low < 0 else high if high >= k else None
+    if bad is not None:
+        raise ValueError(f"labels must be in [0, num_classes={k}), got label {bad}")
+
+
+def one_hot(
+    y: torch.Tensor,
+    num_classes: int,
+    on_value: float = 1.0,
+    off_value: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Int labels ``y: (B,)`` -> ``(B, num_classes)`` with ``on_value`` at the label, ``off_value`` elsewhere."""
+    k = _require_num_classes(y, num_classes)
+    out = torch.full((y.shape[0], k), off_value, dtype=dtype, device=y.device)
+    return out.scatter_(1, y.long().view(-1, 1), on_value)
+
+
+def smooth(y: torch.Tensor, num_classes: int | None, smoothing: float) -> torch.Tensor:
+    """Label-smoothed targets ``(B, K)``: off = smoothing / K, on = 1 - smoothing + off.
+
+    ``y`` is int labels ``(B,)`` or soft targets ``(B, K)`` (then ``y * (1 - smoothing) + smoothing / K``).
+    """
+    s = check_probability("label_smoothing", smoothing)
+    if y.is_floating_point():
+        check_labels(y, num_classes)
+        k = y.shape[1]
+        return y * (1.0 - s) + s / k if s > 0 else y
+    k = _require_num_classes(y, num_classes)
+    off = s / k
+    return one_hot(y, k, on_value=1.0 - s + off, off_value=off)
+
+
+def to_soft(
+    y: torch.Tensor, num_classes: int | None, smoothing: float = 0.0, validate: bool | None = True
+) -> torch.Tensor:
+    """Targets as ``(B, K)`` float: int labels -> smoothed one-hot; soft targets are returned as is.
+
+    ``validate``: True checks the label range (device sync on accelerators), False skips it,
+    None checks only when ``y`` is on the CPU. A missing ``num_classes`` for int labels always raises.
+    """
+    if y.is_floating_point():
+        check_labels(y, num_classes)
+        return y
+    _require_num_classes(y, num_classes)
+    if validate or (validate is None and y.device.type == "cpu"):
+        check_labels(y, num_classes)
+    elif y.ndim != 1:
+        raise ValueError(f"integer labels must have shape (B,), got shape {tuple(y.shape)}")
+    return smooth(y, num_classes, smoothing)

@@ -1,0 +1,1 @@
+"""Benchmarks and study runners (they print tables; none of them is a test)."""

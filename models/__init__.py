@@ -1,0 +1,1 @@
+"""timm backbones for CIFAR, norm swapping, regularizers and the LightningModule."""
