@@ -1,0 +1,370 @@
+"""models.callbacks: TensorBoard image grid, confusion matrices, hparams record, non-finite loss guard.
+
+Runs real (tiny, CPU) Lightning fits with a LightningModule defined here that follows the project
+conventions, then reads the event files back with TensorBoard's EventAccumulator.
+"""
+
+import io
+import math
+from argparse import Namespace
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision.utils import make_grid
+
+from models.callbacks import (
+    AugmentedImageGrid,
+    ConfusionMatrixLogger,
+    HparamsWithFinalMetrics,
+    NonFiniteLossGuard,
+    denormalize_for_display,
+    flatten_hparams,
+)
+
+CLASS_NAMES = ["cat", "dog", "ship", "frog"]
+MEAN = (0.5, 0.4, 0.3)
+STD = (0.25, 0.2, 0.3)
+BATCH = 8
+N_TRAIN, N_VAL, N_TEST = 32, 12, 10  # 4 optimizer steps per epoch
+STEPS_PER_EPOCH = N_TRAIN // BATCH
+
+
+def make_split(n: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-dependent templates plus noise: x (n, 3, 8, 8) normalized-scale floats, y (n,) int64."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randn(num_classes, 3, 8, 8, generator=torch.Generator().manual_seed(123))
+    y = torch.arange(n) % num_classes
+    x = templates[y] + 1.5 * torch.randn(n, 3, 8, 8, generator=g)
+    return x, y
+
+
+class TinyData(pl.LightningDataModule):
+    """Fixed tiny splits with the conventional `class_names`, `mean`, `std` attributes."""
+
+    def __init__(self, num_classes: int = 4, batch_size: int = BATCH):
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = CLASS_NAMES if num_classes == 4 else [f"c{i}" for i in range(num_classes)]
+        self.mean, self.std = MEAN, STD
+        self.splits = {
+            "train": make_split(N_TRAIN, num_classes, 1),
+            "val": make_split(N_VAL, num_classes, 2),
+            "test": make_split(N_TEST, num_classes, 3),
+        }
+
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(TensorDataset(*self.splits[split]), batch_size=self.hparams.batch_size, shuffle=False)
+
+    def train_dataloader(self):
+        return self._loader("train")
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+
+class TinyClassifier(pl.LightningModule):
+    """Linear classifier on 3x8x8 images; its 'batch augmentation' is a horizontal flip."""
+
+    def __init__(self, num_classes: int = 4, lr: float = 0.05, bad_loss_from_step: int | None = None,
+                 bad_value: float = math.nan, handshake: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.head = nn.Linear(3 * 8 * 8, num_classes)
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.keep_augmented_batch = False
+        self.last_augmented_batch = None
+        self.kept_batches = 0
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = x.flip(-1)
+        if self.keep_augmented_batch and self.hparams.handshake:
+            self.last_augmented_batch = x.detach()
+            self.kept_batches += 1
+        loss = F.cross_entropy(self(x), y)
+        if self.hparams.bad_loss_from_step is not None and self.global_step >= self.hparams.bad_loss_from_step:
+            loss = loss * self.hparams.bad_value
+        self.log("train/loss", loss)
+        return loss
+
+    def _eval_step(self, batch, stage: str):
+        x, y = batch
+        logits = self(x)
+        getattr(self, f"{stage}_confmat").update(logits.argmax(1), y)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y))
+        self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean())
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def make_trainer(tmp_path, callbacks, logger=None, max_epochs=3, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu", max_epochs=max_epochs, callbacks=callbacks,
+        logger=TensorBoardLogger(tmp_path, name="tb") if logger is None else logger,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        default_root_dir=tmp_path, **kwargs,
+    )
+
+
+def read_events(log_dir: str) -> ea.EventAccumulator:
+    acc = ea.EventAccumulator(log_dir, size_guidance={ea.IMAGES: 0, ea.SCALARS: 0, ea.TENSORS: 0})
+    return acc.Reload()
+
+
+def grid_pixels(log_dir: str) -> np.ndarray:
+    image = read_events(log_dir).Images("train/augmented_batch")[0]
+    return np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB")).astype(np.float64)
+
+
+def expected_grid(x: torch.Tensor) -> np.ndarray:
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return (make_grid((x * std + mean).clamp(0, 1), nrow=3, padding=2) * 255).permute(1, 2, 0).numpy()
+
+
+def hand_confusion(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Confusion counts (true row, predicted column) by an explicit loop over samples."""
+    with torch.no_grad():
+        preds = model(x).argmax(1)
+    counts = torch.zeros(k, k, dtype=torch.long)
+    for true, pred in zip(y.tolist(), preds.tolist()):
+        counts[true, pred] += 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory):
+    """fit 3 epochs + test with all logging callbacks, TensorBoardLogger with its defaults."""
+    tmp_path = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model, data = TinyClassifier(), TinyData()
+    confusion = ConfusionMatrixLogger()
+    callbacks = [AugmentedImageGrid(every_n_epochs=2, max_images=5), confusion, HparamsWithFinalMetrics(),
+                 NonFiniteLossGuard(check_every_n_steps=2)]
+    trainer = make_trainer(tmp_path, callbacks)
+    trainer.fit(model, datamodule=data)
+    test_result = trainer.test(model, datamodule=data, verbose=False)[0]
+    return Namespace(model=model, data=data, trainer=trainer, confusion=confusion, test_result=test_result,
+                     events=read_events(trainer.logger.log_dir))
+
+
+def test_scalar_and_image_tags_are_logged(logged_run):
+    tags = logged_run.events.Tags()
+    for tag in ["train/loss", "val/acc", "val/loss", "test/acc", "hp/val_acc_best", "hp/test_acc", "hp/test_loss"]:
+        assert tag in tags["scalars"], tag
+    for stage in ["val", "test"]:
+        assert {f"{stage}/class_acc/{name}" for name in CLASS_NAMES} <= set(tags["scalars"])
+    assert {"train/augmented_batch", "val/confusion_matrix", "val/per_class_acc", "test/confusion_matrix",
+            "test/per_class_acc"} <= set(tags["images"])
+    assert "hp_metric" not in tags["scalars"]  # Lightning's placeholder record was turned off
+    assert len(logged_run.events.Scalars("train/loss")) == 3 * STEPS_PER_EPOCH
+
+
+def test_confusion_figures_once_per_epoch_without_sanity_check(logged_run):
+    events = logged_run.events
+    assert [e.step for e in events.Images("val/confusion_matrix")] == [STEPS_PER_EPOCH * (i + 1) for i in range(3)]
+    assert len(events.Images("test/confusion_matrix")) == 1
+    image = events.Images("val/confusion_matrix")[0]
+    assert image.width >= 400 and image.height >= 400
+
+
+def test_confusion_counts_match_hand_computation(logged_run):
+    model, data = logged_run.model, logged_run.data
+    for stage, n in [("val", N_VAL), ("test", N_TEST)]:
+        expected = hand_confusion(model, *data.splits[stage], k=4)
+        got = logged_run.confusion.last_confusion[stage]
+        assert torch.equal(got.long(), expected), stage
+        assert int(got.sum()) == n  # reset each epoch, sanity-check batches excluded
+        for i, name in enumerate(CLASS_NAMES):
+            logged = logged_run.events.Scalars(f"{stage}/class_acc/{name}")[-1].value
+            assert logged == pytest.approx(expected[i, i].item() / expected[i].sum().item(), abs=1e-6)
+    assert logged_run.model.val_confmat.update_count == 0  # reset after the last epoch
+
+
+def test_augmented_grid_shows_the_module_batch_unnormalized(logged_run):
+    images = logged_run.events.Images("train/augmented_batch")
+    assert [e.step for e in images] == [0, 2 * STEPS_PER_EPOCH]  # epochs 0 and 2 with every_n_epochs=2
+    # 5 images of 8x8 on a 3-column grid, padding 2: 2 rows
+    assert (images[0].width, images[0].height) == (3 * 10 + 2, 2 * 10 + 2)
+    x_first = logged_run.data.splits["train"][0][:5]
+    assert np.abs(grid_pixels(logged_run.trainer.logger.log_dir) - expected_grid(x_first.flip(-1))).max() <= 1.0
+    assert logged_run.model.kept_batches == 2
+    assert logged_run.model.keep_augmented_batch is False and logged_run.model.last_augmented_batch is None
+
+
+@pytest.mark.parametrize("with_preview", [False, True])
+def test_augmented_grid_falls_back_without_handshake(tmp_path, with_preview):
+    model = TinyClassifier(handshake=False)
+    if with_preview:
+        model.augment_preview = lambda x, y: (-x, y)
+    trainer = make_trainer(tmp_path, [AugmentedImageGrid(every_n_epochs=1, max_images=5)], max_epochs=1,
+                           enable_checkpointing=False)
+    trainer.fit(model, datamodule=TinyData())
+    x_first = TinyData().splits["train"][0][:5]  # the loader's images, before the module's flip
+    expected = expected_grid(-x_first if with_preview else x_first)
+    assert np.abs(grid_pixels(trainer.logger.log_dir) - expected).max() <= 1.0
+
+
+def test_hparams_record_has_flattened_params_and_final_metrics(logged_run):
+    events = logged_run.events
+    content = events.PluginTagToContent("hparams")
+    assert set(content) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == list(HparamsWithFinalMetrics.METRICS)
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model.lr"].number_value == pytest.approx(0.05)
+    assert start.hparams["model.bad_loss_from_step"].string_value == "None"
+    assert start.hparams["data.batch_size"].number_value == BATCH
+    best = max(e.value for e in events.Scalars("val/acc"))
+    assert events.Scalars("hp/val_acc_best")[-1].value == pytest.approx(best)
+    assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(logged_run.test_result["test/acc"])
+    assert events.Scalars("hp/test_loss")[-1].value == pytest.approx(logged_run.test_result["test/loss"])
+
+
+@pytest.mark.parametrize("logger", [False, "csv"])
+def test_callbacks_run_without_tensorboard(tmp_path, logger):
+    model, data = TinyClassifier(), TinyData()
+    confusion = ConfusionMatrixLogger()
+    logger = CSVLogger(tmp_path) if logger == "csv" else False
+    trainer = make_trainer(tmp_path, [AugmentedImageGrid(every_n_epochs=1), confusion, HparamsWithFinalMetrics()],
+                           logger=logger, max_epochs=1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=data)
+    assert model.kept_batches == 0 and model.keep_augmented_batch is False
+    assert int(confusion.last_confusion["val"].sum()) == N_VAL
+
+
+def test_many_classes_skip_per_class_scalars_but_keep_figures(tmp_path):
+    model, data = TinyClassifier(num_classes=30), TinyData(num_classes=30)
+    trainer = make_trainer(tmp_path, [ConfusionMatrixLogger()], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=data)
+    tags = read_events(trainer.logger.log_dir).Tags()
+    assert not any(t.startswith("val/class_acc/") for t in tags["scalars"])
+    assert {"val/confusion_matrix", "val/per_class_acc"} <= set(tags["images"])
+
+
+def test_confusion_figure_text_only_for_few_classes():
+    from models.callbacks import _confusion_figure
+
+    small = _confusion_figure(torch.eye(4, dtype=torch.float64), CLASS_NAMES, "t")
+    large = _confusion_figure(torch.eye(100, dtype=torch.float64), [str(i) for i in range(100)], "t")
+    assert len(small.axes[0].texts) == 4  # one label per non-zero cell
+    assert len(large.axes[0].texts) == 0
+
+
+def _weights_finite(path) -> bool:
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def _nan_run(tmp_path, bad_from: int, every: int, bad_value: float = math.nan):
+    torch.manual_seed(0)
+    model = TinyClassifier(bad_loss_from_step=bad_from, bad_value=bad_value)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=every,
+                                 save_top_k=-1, save_on_exception=True)
+    trainer = make_trainer(tmp_path, [NonFiniteLossGuard(check_every_n_steps=every), checkpoint], max_epochs=4)
+    with pytest.raises(FloatingPointError) as info:
+        trainer.fit(model, datamodule=TinyData())
+    return model, trainer, checkpoint, str(info.value)
+
+
+def test_nan_loss_raises_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    model, trainer, checkpoint, message = _nan_run(tmp_path, bad_from=5, every=1)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert message == (f"non-finite loss (nan) at global step 5, epoch 1, batch 1; "
+                       f"the last good checkpoint is kept at {last}")
+    assert trainer.should_stop
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 5  # saved after step 4, the last finite one
+    assert _weights_finite(last)
+    assert all(_weights_finite(p) for p in (tmp_path / "ckpt").glob("*.ckpt"))  # no save on the exception
+    reloaded = TinyClassifier.load_from_checkpoint(last)
+    assert torch.isfinite(reloaded.head.weight).all()
+
+
+def test_deferred_check_reports_the_exact_bad_step(tmp_path):
+    model, trainer, checkpoint, message = _nan_run(tmp_path, bad_from=4, every=3, bad_value=math.inf)
+    assert message.startswith("non-finite loss (inf) at global step 4, epoch 1, batch 0;")
+    assert trainer.global_step == 6  # detected at the next check, two steps later
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    assert _weights_finite(last)
+
+
+def test_nan_before_any_checkpoint_says_none_saved(tmp_path):
+    model = TinyClassifier(bad_loss_from_step=0)
+    trainer = make_trainer(tmp_path, [NonFiniteLossGuard()], enable_checkpointing=False)
+    with pytest.raises(FloatingPointError, match=r"global step 0, epoch 0, batch 0; .* none saved yet$"):
+        trainer.fit(model, datamodule=TinyData())
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: NonFiniteLossGuard(check_every_n_steps=0), "check_every_n_steps must be >= 1, got 0"),
+    (lambda: AugmentedImageGrid(every_n_epochs=0), "every_n_epochs must be >= 1, got 0"),
+    (lambda: AugmentedImageGrid(max_images=-2), "max_images must be >= 1, got -2"),
+])
+def test_invalid_arguments(make, field):
+    with pytest.raises(ValueError, match=f"^{field}$"):
+        make()
+
+
+def test_denormalize_for_display_exact_values():
+    x = torch.tensor([[-2.0, 0.0, 2.0]]).view(1, 1, 1, 3)
+    assert denormalize_for_display(x, (0.5,), (0.25,)).flatten().tolist() == [0.0, 0.5, 1.0]
+    pixels = denormalize_for_display(torch.tensor([[-1.0, 1.0]]).view(1, 1, 1, 2), (127.5,), (63.75,))
+    assert pixels.flatten().tolist() == pytest.approx([0.25, 0.75])  # [0, 255]-unit mean/std
+    assert denormalize_for_display(torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)).flatten(
+    ).tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert denormalize_for_display(torch.tensor([-0.5, 1.5]).view(1, 1, 1, 2)).flatten().tolist() == [0.0, 1.0]
+
+
+def test_flatten_hparams_keeps_simple_types():
+    @dataclass
+    class Mixup:
+        alpha: float = 0.2
+        per_sample: bool = True
+
+    tree = {"backbone": "resnet18", "mixup": Mixup(), "opt": Namespace(lr=0.1, milestones=[30, 60]),
+            "stop_epoch": None, "weights": torch.ones(3), "mean": (0.5, 0.4), "_instantiator": "cli"}
+    assert flatten_hparams(tree, "model") == {
+        "model.backbone": "resnet18", "model.mixup.alpha": 0.2, "model.mixup.per_sample": True,
+        "model.opt.lr": 0.1, "model.opt.milestones": "[30, 60]", "model.stop_epoch": "None",
+        "model.mean": "[0.5, 0.4]",
+    }
+
+
+def test_best_val_acc_survives_resume(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = HparamsWithFinalMetrics()
+    make_trainer(tmp_path, [first, checkpoint], max_epochs=2).fit(TinyClassifier(), datamodule=TinyData())
+    assert 0.0 <= first.best_val_acc <= 1.0
+    resumed = HparamsWithFinalMetrics()
+    resumed.best_val_acc = -1.0  # must be replaced by the checkpointed value (no epoch is left to run)
+    trainer = make_trainer(tmp_path, [resumed], max_epochs=2, enable_checkpointing=False)
+    trainer.fit(TinyClassifier(), datamodule=TinyData(), ckpt_path=checkpoint.last_model_path)
+    assert resumed.best_val_acc == first.best_val_acc

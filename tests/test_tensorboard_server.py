@@ -1,0 +1,125 @@
+"""The logs a tiny fit writes are served by a real `tensorboard` server (scalars and images over HTTP)."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.callbacks import AugmentedImageGrid
+
+STEPS_PER_EPOCH, EPOCHS = 3, 2
+STARTUP_TIMEOUT_S = 60.0
+
+
+class TinyClassifier(pl.LightningModule):
+    """Linear classifier on 3x8x8 images, 4 classes; keeps its (noised) batch on request."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3 * 8 * 8, 4)
+        self.keep_augmented_batch = False
+        self.last_augmented_batch = None
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = x + 0.1 * torch.randn_like(x)
+        if self.keep_augmented_batch:
+            self.last_augmented_batch = x.detach()
+        loss = F.cross_entropy(self.head(x.flatten(1)), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/acc", (self.head(x.flatten(1)).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(base: str, path: str, **query) -> object:
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def wait_for_tags(base: str, server: subprocess.Popen, run: str) -> tuple[dict, dict]:
+    """Poll until the server answers and has loaded the run's scalar and image tags."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    scalars, images = {}, {}
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"tensorboard exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+        try:
+            scalars = get_json(base, "/data/plugin/scalars/tags").get(run, {})
+            images = get_json(base, "/data/plugin/images/tags").get(run, {})
+            if "val/acc" in scalars and "train/augmented_batch" in images:
+                return scalars, images
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet
+        time.sleep(0.5)
+    raise TimeoutError(f"tensorboard did not serve run {run!r} within {STARTUP_TIMEOUT_S} s: {scalars} {images}")
+
+
+@pytest.fixture
+def tensorboard_logdir(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 3, 8, 8), torch.arange(24) % 4
+    loader = DataLoader(TensorDataset(x, y), batch_size=24 // STEPS_PER_EPOCH)
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=EPOCHS, logger=logger, log_every_n_steps=1,
+                         callbacks=[AugmentedImageGrid(every_n_epochs=1, max_images=4)],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(TinyClassifier(), loader, loader)
+    return tmp_path
+
+
+def test_tensorboard_serves_scalars_and_images(tensorboard_logdir):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tensorboard_logdir), "--port", str(port),
+         "--host", "127.0.0.1", "--load_fast", "false", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        run = "tb/version_0"
+        scalars, images = wait_for_tags(base, server, run)
+        assert {"train/loss", "val/acc"} <= set(scalars)
+        assert "train/augmented_batch" in images
+
+        train_loss = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="train/loss")
+        assert [step for _, step, _ in train_loss] == list(range(STEPS_PER_EPOCH * EPOCHS))
+        val_acc = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="val/acc")
+        assert len(val_acc) == EPOCHS and all(0.0 <= acc <= 1.0 for _, _, acc in val_acc)
+
+        grids = get_json(base, "/data/plugin/images/images", run=run, tag="train/augmented_batch")
+        assert [g["step"] for g in grids] == [0, STEPS_PER_EPOCH]  # first batch of each epoch
+        with urllib.request.urlopen(f"{base}/data/plugin/images/individualImage?{grids[0]['query']}",
+                                    timeout=5) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
