@@ -1,0 +1,265 @@
+"""Optimizers, weight-decay parameter groups and per-iteration learning-rate schedules.
+
+Every schedule is one `LambdaLR` driven by a pure function of the optimizer step (`lr_multiplier`),
+stepped once per iteration: an optional linear warmup (in epochs, converted to steps), then the
+shape (constant, cosine, one-cycle, step, multistep). Weight decay skips biases, normalization
+parameters and other 1-d tensors by default (they only rescale activations, decaying them just
+fights the norm layers; Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "norm_module_types",
+    "param_groups",
+    "build_optimizer",
+    "lr_multiplier",
+    "build_scheduler",
+]
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw")
+SCHEDULERS = ("cosine", "onecycle", "step", "multistep", "none")
+ANNEALS = ("linear", "cosine")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_range(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> None:
+    """Raise ValueError naming `name` unless `value` is a number inside the interval."""
+    ok = _is_number(value) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}")
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer choice and hyperparameters (YAML: `model.optimizer.*`).
+
+    name: sgd (plain SGD, momentum 0), momentum (SGD with momentum), nesterov (SGD, Nesterov momentum),
+    adagrad, adadelta, rmsprop (uses `momentum` and `alpha`), adam (L2 weight decay),
+    adamw (decoupled weight decay). `exclude_norm_and_bias`: no weight decay on biases, norm
+    parameters and 1-d tensors.
+    """
+
+    name: str = "nesterov"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    exclude_norm_and_bias: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    alpha: float = 0.99
+    rho: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
+        _check_range("optimizer.lr", self.lr, 0.0, math.inf, True, True)
+        _check_range("optimizer.weight_decay", self.weight_decay, 0.0, math.inf, False, True)
+        _check_range("optimizer.momentum", self.momentum, 0.0, 1.0, False, True)
+        if self.name == "nesterov" and self.momentum == 0:
+            raise ValueError(f"optimizer.momentum must be > 0 for nesterov, got {self.momentum!r}")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            _check_range(f"optimizer.betas[{i}]", beta, 0.0, 1.0, False, True)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        _check_range("optimizer.eps", self.eps, 0.0, math.inf, True, True)
+        _check_range("optimizer.alpha", self.alpha, 0.0, 1.0, False, True)
+        _check_range("optimizer.rho", self.rho, 0.0, 1.0, False, False)
+        if not isinstance(self.exclude_norm_and_bias, bool):
+            raise ValueError(f"optimizer.exclude_norm_and_bias must be a bool, got {self.exclude_norm_and_bias!r}")
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule, stepped every iteration (YAML: `model.scheduler.*`).
+
+    The lr is `optimizer.lr * lr_multiplier(step)`. `warmup_epochs`: linear rise from 0 to 1 over
+    that many epochs (converted to steps), then the shape over the remaining steps:
+    none (1), cosine (1 -> min_lr_ratio), onecycle (linear `start_ratio` -> 1 at `pct_start` of the
+    post-warmup steps, then `anneal` linear or cosine down to min_lr_ratio; airbench style),
+    step (x gamma every `step_size` epochs), multistep (x gamma at each epoch in `milestones`).
+    step / multistep count epochs from the start of training and never go below min_lr_ratio.
+    """
+
+    name: str = "onecycle"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    step_size: int = 30
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    pct_start: float = 0.25
+    start_ratio: float = 0.0
+    anneal: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULERS:
+            raise ValueError(f"scheduler.name must be one of {', '.join(SCHEDULERS)}, got {self.name!r}")
+        _check_range("scheduler.warmup_epochs", self.warmup_epochs, 0.0, math.inf, False, True)
+        _check_range("scheduler.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, False, False)
+        if isinstance(self.step_size, bool) or not isinstance(self.step_size, int) or self.step_size < 1:
+            raise ValueError(f"scheduler.step_size must be an int >= 1, got {self.step_size!r}")
+        milestones = list(self.milestones)
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in milestones) or milestones != sorted(
+            set(milestones)
+        ):
+            raise ValueError(f"scheduler.milestones must be increasing ints >= 0, got {self.milestones!r}")
+        self.milestones = milestones
+        _check_range("scheduler.gamma", self.gamma, 0.0, 1.0, True, False)
+        _check_range("scheduler.pct_start", self.pct_start, 0.0, 1.0, True, True)
+        _check_range("scheduler.start_ratio", self.start_ratio, 0.0, 1.0, False, False)
+        if self.anneal not in ANNEALS:
+            raise ValueError(f"scheduler.anneal must be one of {', '.join(ANNEALS)}, got {self.anneal!r}")
+
+
+def norm_module_types() -> tuple[type, ...]:
+    """Module classes whose parameters count as normalization parameters (torch and timm)."""
+    types: list[type] = [nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm]
+    if hasattr(nn, "RMSNorm"):
+        types.append(nn.RMSNorm)
+    try:
+        from timm.layers import norm as timm_norm
+        from timm.layers import norm_act as timm_norm_act
+    except ImportError:  # timm is a dependency; keep the torch types if its layout changes
+        return tuple(types)
+    for module in (timm_norm, timm_norm_act):
+        for name in dir(module):
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, nn.Module) and "Norm" in name:
+                types.append(obj)
+    return tuple(types)
+
+
+def _no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names the model itself asks to exclude from weight decay (timm's `no_weight_decay()` convention)."""
+    hook = getattr(model, "no_weight_decay", None)
+    return set(hook()) if callable(hook) else set()
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool = True
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into `{"name": "decay" | "no_decay", "params", "weight_decay"}` groups.
+
+    no_decay: biases, every parameter of a normalization module, 1-d tensors and names listed by
+    `model.no_weight_decay()`; decay: the rest (conv / linear weights). With `exclude_norm_and_bias`
+    False one "decay" group holds everything. Frozen parameters are left out; empty groups dropped.
+    """
+    _check_range("optimizer.weight_decay", weight_decay, 0.0, math.inf, False, True)
+    norm_types = norm_module_types()
+    skip_names = _no_weight_decay_names(model)
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        in_norm = isinstance(module, norm_types)
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            excluded = in_norm or param.ndim <= 1 or param_name.endswith("bias") or full_name in skip_names
+            (no_decay if exclude_norm_and_bias and excluded else decay).append(param)
+    groups = [
+        {"name": "decay", "params": decay, "weight_decay": float(weight_decay)},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    params_or_groups: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: OptimizerConfig
+) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.name`; groups keep their own `weight_decay`, bare params get cfg's."""
+    params = list(params_or_groups)
+    if not params:
+        raise ValueError("optimizer got no trainable parameters")
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    name = cfg.name
+    if name in ("sgd", "momentum", "nesterov"):
+        momentum = 0.0 if name == "sgd" else cfg.momentum
+        return torch.optim.SGD(params, momentum=momentum, nesterov=name == "nesterov", **common)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, eps=cfg.eps, **common)
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, rho=cfg.rho, eps=cfg.eps, **common)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, **common)
+    if name == "adam":
+        return torch.optim.Adam(params, betas=cfg.betas, eps=cfg.eps, **common)
+    if name == "adamw":
+        return torch.optim.AdamW(params, betas=cfg.betas, eps=cfg.eps, **common)
+    raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def _warmup_steps(cfg: SchedulerConfig, steps_per_epoch: float) -> int:
+    return int(round(cfg.warmup_epochs * steps_per_epoch))
+
+
+def _anneal(progress: float, low: float, kind: str) -> float:
+    """1 -> low as progress goes 0 -> 1, linearly or along a half cosine."""
+    if kind == "cosine":
+        return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - (1.0 - low) * progress
+
+
+def lr_multiplier(step: int, cfg: SchedulerConfig, total_steps: int, steps_per_epoch: float) -> float:
+    """Factor on the base lr for 0-based optimizer step `step` (a pure function; see SchedulerConfig)."""
+    warmup = _warmup_steps(cfg, steps_per_epoch)
+    if step < warmup:
+        return step / warmup
+    low = cfg.min_lr_ratio
+    if cfg.name == "none":
+        return 1.0
+    if cfg.name == "step":
+        epoch = math.floor(step / steps_per_epoch)
+        return max(cfg.gamma ** (epoch // cfg.step_size), low)
+    if cfg.name == "multistep":
+        epoch = math.floor(step / steps_per_epoch)
+        return max(cfg.gamma ** sum(epoch >= m for m in cfg.milestones), low)
+    span = max(total_steps - warmup, 1)
+    progress = min((step - warmup) / span, 1.0)
+    if cfg.name == "cosine":
+        return _anneal(progress, low, "cosine")
+    # onecycle
+    if progress < cfg.pct_start:
+        return cfg.start_ratio + (1.0 - cfg.start_ratio) * progress / cfg.pct_start
+    return _anneal((progress - cfg.pct_start) / (1.0 - cfg.pct_start), low, cfg.anneal)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int | float, steps_per_epoch: float
+) -> LambdaLR:
+    """One per-iteration LambdaLR over `lr_multiplier`; cosine / onecycle need a finite `total_steps`."""
+    if not (_is_number(steps_per_epoch) and math.isfinite(steps_per_epoch) and steps_per_epoch > 0):
+        raise ValueError(f"steps_per_epoch must be a finite number > 0, got {steps_per_epoch!r}")
+    if cfg.name in ("cosine", "onecycle"):
+        if not (_is_number(total_steps) and math.isfinite(total_steps) and total_steps >= 1):
+            raise ValueError(
+                f"scheduler.name={cfg.name} needs a finite number of steps (set trainer.max_epochs or "
+                f"trainer.max_steps), got total_steps={total_steps!r}"
+            )
+        total_steps = int(total_steps)
+
+    def multiplier(step: int) -> float:  # a plain function: LambdaLR leaves it out of its state_dict
+        return lr_multiplier(step, cfg, total_steps, steps_per_epoch)
+
+    return LambdaLR(optimizer, multiplier)
