@@ -1,0 +1,130 @@
+"""Per-sample albumentations pipelines for DataLoader workers (the CPU loader path).
+
+albumentations is an optional dependency, imported only when a pipeline is built.
+
+Reproducibility: an albumentations 2.x ``Compose`` owns its RNG (``seed`` argument), independent of
+numpy/torch global seeds. Copied into DataLoader workers, every worker would start from the same
+state, and non-persistent workers would restart from it every epoch: the same "random" crops in every
+worker and every epoch. ``WorkerSeeder`` (the loader's ``worker_init_fn``) reseeds the copy in each
+worker from ``torch.utils.data.get_worker_info().seed``, which torch draws from the loader's generator
+per worker and per epoch, so augmentations differ across workers and epochs and still replay exactly
+from the same global seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["train_transform", "eval_transform", "WorkerSeeder", "reseed_transform"]
+
+_MISSING = "albumentations is required for the CPU loader path: pip install albumentations"
+
+
+def _albumentations() -> tuple[Any, Any, Any]:
+    """(albumentations, ToTensorV2, cv2), imported lazily."""
+    try:
+        import albumentations as A
+        import cv2
+        from albumentations.pytorch import ToTensorV2
+    except ImportError:
+        raise ImportError(_MISSING) from None
+    return A, ToTensorV2, cv2
+
+
+def _as_pixels(values: Sequence[float], name: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if name == "std" and any(v <= 0 for v in values):
+        raise ValueError(f"std must be > 0 for every channel, got {values}")
+    return values
+
+
+def train_transform(
+    mean: Sequence[float],
+    std: Sequence[float],
+    padding: int = 4,
+    flip: bool = True,
+    cutout_holes: int = 0,
+    cutout_size: int = 16,
+    image_size: int | tuple[int, int] = 32,
+    seed: int | None = None,
+) -> Any:
+    """Training pipeline: reflect-pad + random crop, horizontal flip, normalize, Cutout, HWC uint8 -> CHW float tensor.
+
+    ``mean``/``std`` in [0, 1] units. Cutout (``CoarseDropout``, ``cutout_holes`` squares of
+    ``cutout_size`` px filled with 0) runs after normalization, so holes hold the mean colour.
+    Returns an ``albumentations.Compose``; call it as ``t(image=hwc_uint8)["image"]``.
+    """
+    A, ToTensorV2, cv2 = _albumentations()
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"data.padding must be an int >= 0, got {padding!r}")
+    if isinstance(cutout_holes, bool) or not isinstance(cutout_holes, int) or cutout_holes < 0:
+        raise ValueError(f"data.cutout_holes must be an int >= 0, got {cutout_holes!r}")
+    if cutout_holes and (not isinstance(cutout_size, int) or cutout_size < 1):
+        raise ValueError(f"cutout_size must be an int >= 1, got {cutout_size!r}")
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    ops: list[Any] = []
+    if padding:
+        # BORDER_REFLECT_101 (gfedcb|abcdefgh) matches torch's "reflect" padding used on the GPU path.
+        ops += [
+            A.PadIfNeeded(
+                min_height=height + 2 * padding,
+                min_width=width + 2 * padding,
+                border_mode=cv2.BORDER_REFLECT_101,
+                position="center",
+            ),
+            A.RandomCrop(height=height, width=width),
+        ]
+    if flip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    ops.append(A.Normalize(mean=_as_pixels(mean, "mean"), std=_as_pixels(std, "std"), max_pixel_value=255.0))
+    if cutout_holes:
+        ops.append(
+            A.CoarseDropout(
+                num_holes_range=(cutout_holes, cutout_holes),
+                hole_height_range=(cutout_size, cutout_size),
+                hole_width_range=(cutout_size, cutout_size),
+                fill=0,
+                p=1.0,
+            )
+        )
+    ops.append(ToTensorV2())
+    return A.Compose(ops, seed=seed)
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float]) -> Any:
+    """Evaluation pipeline: normalize, HWC uint8 -> CHW float tensor (deterministic)."""
+    A, ToTensorV2, _ = _albumentations()
+    return A.Compose([A.Normalize(mean=_as_pixels(mean, "mean"), std=_as_pixels(std, "std"), max_pixel_value=255.0), ToTensorV2()])
+
+
+def reseed_transform(transform: Any, seed: int) -> bool:
+    """Reseed an albumentations ``Compose`` (or anything with ``set_random_seed``); False when it has no RNG."""
+    set_seed = getattr(transform, "set_random_seed", None)
+    if not callable(set_seed):
+        return False
+    set_seed(int(seed) % 2**32)
+    return True
+
+
+class WorkerSeeder:
+    """DataLoader ``worker_init_fn``: seed numpy, ``random`` and the dataset's transform per worker, epoch and rank.
+
+    ``rank`` is folded in because torch gives every DDP rank the same base seed (broadcast from rank 0).
+    """
+
+    def __init__(self, rank: int = 0) -> None:
+        self.rank = int(rank)
+
+    def __call__(self, worker_id: int) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is None:  # called outside a worker: nothing to do
+            return
+        seed = int(np.random.SeedSequence([info.seed % 2**63, self.rank]).generate_state(1)[0])
+        np.random.seed(seed)
+        random.seed(seed)
+        reseed_transform(getattr(info.dataset, "transform", None), seed)

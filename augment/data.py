@@ -1,0 +1,316 @@
+"""CIFARDataModule: CIFAR-10 / CIFAR-100 / ImageFolder data, splits and loaders for Lightning.
+
+The one module of ``augment`` that imports Lightning. Validation always comes from the training
+split (stratified hold-out or one of k stratified folds); the official test split is only ever the
+test loader.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from augment.cpu import WorkerSeeder, eval_transform, train_transform
+from augment.datasets import DATASETS, dataset_classes, dataset_stats, load_dataset
+from augment.loaders import ArrayDataset, DeviceBatchLoader
+from augment.splits import bootstrap_indices, stratified_kfold, stratified_split, stratified_subset
+
+__all__ = ["CIFARDataModule", "LOADERS"]
+
+LOADERS = ("auto", "gpu", "cpu")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _require(ok: bool, field: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"data.{field} must be {rule}, got {value!r}")
+
+
+class CIFARDataModule(pl.LightningDataModule):
+    """Loads a dataset as uint8 arrays (cached), carves a seeded stratified validation split from train,
+    and serves batches either from device memory (``loader="gpu"``: crop/flip/normalize batched on the
+    device) or from DataLoader workers running albumentations (``loader="cpu"``).
+
+    Args:
+        dataset: cifar10 | cifar100 | imagefolder.
+        root: folder holding the data (torchvision CIFAR files or ``train/<class>/*``, ``test/<class>/*``).
+        download: let torchvision fetch CIFAR into ``root`` (needs internet; rank 0 in ``prepare_data``).
+        val_size: validation samples held out of train: int count or float fraction; 0 = no validation.
+        num_folds: k for stratified k-fold validation (replaces ``val_size``); 0 = off.
+        fold: which fold is validation, in [0, num_folds).
+        bootstrap: resample the training part with replacement (bagging).
+        train_subset: use a stratified subset of this many training samples (smoke runs).
+        batch_size: training batch size per device.
+        eval_batch_size: validation/test batch size (default: batch_size).
+        loader: gpu (device-resident) | cpu (DataLoader workers + albumentations) | auto (gpu on CUDA).
+        num_workers: DataLoader workers for the cpu loader.
+        padding: pixels of reflect padding for the random crop (0 = no crop).
+        flip: random horizontal flips.
+        cutout_holes: Cutout holes per image on the cpu loader (the gpu path uses the model's cutout).
+        cutout_size: Cutout square side in pixels (cpu loader).
+        seed: seed of splits, shuffling and per-sample augmentation.
+        channels_last: batches in channels_last memory format (gpu loader).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "cifar10",
+        root: str = "data",
+        download: bool = False,
+        val_size: int | float = 5000,
+        num_folds: int = 0,
+        fold: int = 0,
+        bootstrap: bool = False,
+        train_subset: int | None = None,
+        batch_size: int = 512,
+        eval_batch_size: int | None = None,
+        loader: str = "auto",
+        num_workers: int = 2,
+        padding: int = 4,
+        flip: bool = True,
+        cutout_holes: int = 0,
+        cutout_size: int = 16,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        _require(dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}", dataset)
+        _require(
+            (_is_int(val_size) and val_size >= 0) or (isinstance(val_size, float) and 0.0 <= val_size < 1.0),
+            "val_size",
+            "an int count >= 0 or a float fraction in [0, 1)",
+            val_size,
+        )
+        _require(_is_int(num_folds) and (num_folds == 0 or num_folds >= 2), "num_folds", "0 (off) or an int >= 2", num_folds)
+        if num_folds:
+            _require(_is_int(fold) and 0 <= fold < num_folds, "fold", f"an int in [0, {num_folds}) (num_folds={num_folds})", fold)
+        else:
+            _require(fold == 0, "fold", "0 when data.num_folds is 0 (k-fold off)", fold)
+        _require(isinstance(bootstrap, bool), "bootstrap", "true or false", bootstrap)
+        _require(train_subset is None or (_is_int(train_subset) and train_subset >= 1), "train_subset", "null or an int >= 1", train_subset)
+        _require(_is_int(batch_size) and batch_size >= 1, "batch_size", "an int >= 1", batch_size)
+        _require(
+            eval_batch_size is None or (_is_int(eval_batch_size) and eval_batch_size >= 1),
+            "eval_batch_size",
+            "null or an int >= 1",
+            eval_batch_size,
+        )
+        _require(loader in LOADERS, "loader", f"one of {', '.join(LOADERS)}", loader)
+        _require(_is_int(num_workers) and num_workers >= 0, "num_workers", "an int >= 0", num_workers)
+        _require(_is_int(padding) and padding >= 0, "padding", "an int >= 0", padding)
+        _require(isinstance(flip, bool), "flip", "true or false", flip)
+        _require(_is_int(cutout_holes) and cutout_holes >= 0, "cutout_holes", "an int >= 0", cutout_holes)
+        _require(_is_int(cutout_size) and cutout_size >= 1, "cutout_size", "an int >= 1", cutout_size)
+        _require(_is_int(seed) and seed >= 0, "seed", "an int >= 0", seed)
+        _require(isinstance(channels_last, bool), "channels_last", "true or false", channels_last)
+        self.save_hyperparameters()
+
+        self.dataset = dataset
+        self.root = root
+        self.download = download
+        self.val_size = val_size
+        self.num_folds = num_folds
+        self.fold = fold
+        self.bootstrap = bootstrap
+        self.train_subset = train_subset
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.loader = loader
+        self.num_workers = num_workers
+        self.padding = padding
+        self.flip = flip
+        self.cutout_holes = cutout_holes
+        self.cutout_size = cutout_size
+        self.seed = seed
+        self.channels_last = channels_last
+
+        self.has_val: bool = bool(num_folds) or val_size != 0
+        if not self.has_val:
+            warnings.warn(
+                "data.val_size is 0 and k-fold is off: no validation split, so early stopping and "
+                "best-checkpoint selection are off (the test split is never used for them)",
+                stacklevel=2,
+            )
+        self._class_names: list[str] | None = None
+        self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._on_device: dict[str, torch.Tensor] = {}
+        self.train_indices: np.ndarray | None = None
+        self.val_indices: np.ndarray | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # Facts available right after __init__ (LightningCLI links data.num_classes -> model.num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            self._class_names = dataset_classes(self.dataset, self.root)
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self._normalization()[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._normalization()[1]
+
+    def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self._stats is None:
+            self._stats = dataset_stats(self.dataset, self.root, download=self.download)
+        return self._stats
+
+    # ----------------------------------------------------------------------------------------------
+    # Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Download (once per node) and fill the cache, so every rank's ``setup`` reads the cache."""
+        if self.download:
+            for split in ("train", "test"):
+                load_dataset(self.dataset, self.root, split, download=True)
+
+    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in self._arrays:
+            images, labels, names = load_dataset(self.dataset, self.root, split, download=self.download)
+            if split == "train":
+                self._class_names = names
+            self._arrays[split] = (images, labels)
+        return self._arrays[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_indices is None:
+            _, labels = self._load("train")
+            self.train_indices, self.val_indices = self._split(labels)
+        if stage in (None, "test", "predict"):
+            self._load("test")
+
+    def _split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(train indices, val indices) into the official train split; repeats in train when bootstrapping."""
+        if self.num_folds:
+            train_idx, val_idx = stratified_kfold(labels, self.num_folds, self.fold, self.seed)
+        else:
+            train_idx, val_idx = stratified_split(labels, self.val_size, self.seed, field="data.val_size")
+        if self.train_subset is not None:
+            train_idx = train_idx[stratified_subset(labels[train_idx], self.train_subset, self.seed)]
+        if self.bootstrap:
+            train_idx = train_idx[bootstrap_indices(len(train_idx), self.seed)]
+        return train_idx, val_idx
+
+    def teardown(self, stage: str | None = None) -> None:
+        self._on_device.clear()
+
+    # ----------------------------------------------------------------------------------------------
+    # Loaders
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    @property
+    def resolved_loader(self) -> str:
+        """'gpu' or 'cpu': ``auto`` picks the device-resident path when the trainer runs on CUDA."""
+        if self.loader != "auto":
+            return self.loader
+        return "gpu" if self._device().type == "cuda" else "cpu"
+
+    def _device_images(self, split: str) -> torch.Tensor:
+        """The split's uint8 images moved to the device once, as (N, C, H, W)."""
+        if split not in self._on_device:
+            images, _ = self._arrays[split]
+            self._on_device[split] = torch.from_numpy(images).to(self._device()).permute(0, 3, 1, 2).contiguous()
+        return self._on_device[split]
+
+    def _device_loader(self, split: str, indices: np.ndarray | None, train: bool) -> DeviceBatchLoader:
+        images = self._device_images(split)
+        labels = torch.from_numpy(self._arrays[split][1]).to(images.device)
+        rank, world = self._rank_world()
+        n = len(labels) if indices is None else len(indices)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        return DeviceBatchLoader(
+            images,
+            labels,
+            batch_size,
+            self.mean,
+            self.std,
+            train=train,
+            padding=self.padding,
+            flip=self.flip,
+            drop_last=train and -(-n // world) >= batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            channels_last=self.channels_last,
+            indices=None if indices is None else torch.from_numpy(indices),
+            layout="nchw",
+        )
+
+    def _cpu_loader(self, split: str, indices: np.ndarray | None, train: bool) -> torch.utils.data.DataLoader:
+        images, labels = self._arrays[split]
+        rank, world = self._rank_world()
+        if train:
+            seed = int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0])
+            transform = train_transform(
+                self.mean, self.std, self.padding, self.flip, self.cutout_holes, self.cutout_size,
+                image_size=tuple(images.shape[1:3]), seed=seed,
+            )
+        else:
+            transform = eval_transform(self.mean, self.std)
+        dataset = ArrayDataset(images, labels, transform, indices)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and -(-len(dataset) // world) >= batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self._device().type == "cuda",
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=WorkerSeeder(rank),
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _make(self, split: str, indices: np.ndarray | None, train: bool) -> Any:
+        if self.resolved_loader == "gpu":
+            if train and self.cutout_holes:
+                warnings.warn(
+                    "data.cutout_holes applies to the cpu loader only; on the gpu loader use model.cutout",
+                    stacklevel=3,
+                )
+            return self._device_loader(split, indices, train)
+        return self._cpu_loader(split, indices, train)
+
+    def train_dataloader(self) -> Any:
+        if self.train_indices is None:
+            self.setup("fit")
+        return self._make("train", self.train_indices, train=True)
+
+    def val_dataloader(self) -> Any:
+        """The held-out part of train; ``[]`` when there is no validation split (``has_val`` is False)."""
+        if self.train_indices is None:
+            self.setup("validate")
+        if not self.has_val:
+            return []
+        return self._make("train", self.val_indices, train=False)
+
+    def test_dataloader(self) -> Any:
+        if "test" not in self._arrays:
+            self.setup("test")
+        return self._make("test", None, train=False)
+
+    def predict_dataloader(self) -> Any:
+        return self.test_dataloader()
