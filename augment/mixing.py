@@ -1,0 +1,401 @@
+"""Mixup, CutMix and a switch between them, on whole batches with no per-sample Python loop.
+
+Papers:
+- mixup: Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization" (arXiv:1710.09412).
+- CutMix: Yun et al. 2019, "CutMix: Regularization Strategy to Train Strong Classifiers with
+  Localizable Features" (arXiv:1905.04899).
+
+Each image ``x[i]`` is mixed with a partner ``x[perm[i]]``; the target becomes
+``lam * y[i] + (1 - lam) * y[perm[i]]`` where ``lam`` is the share of ``x[i]`` in the output.
+The pairing is ``"roll"`` (partner i - 1, default; the loader already shuffles), ``"flip"``
+(partner B - 1 - i, as timm) or ``"random"`` (a permutation from the generator); every pairing works
+for odd B and B = 1 (a sample paired with itself is left unchanged).
+
+Randomness: lambdas, boxes, switches and permutations are drawn from ``generator`` on the
+generator's device (per-batch mode without a generator: the CPU default generator; per-sample mode
+without one: ``x``'s device) and then moved to ``x``'s device, so one generator state gives one
+output. Per-batch mode reads its lambda and box as Python numbers: free with a CPU generator, a
+device sync with a CUDA one.
+
+Per-sample mode does the whole batch in one fused pass: a pixel weight ``w: (B, 1, H, W)`` holds
+lambda on Mixup rows and 0 inside / 1 outside the box on CutMix rows, and the output is
+``lerp(x[perm], x, w)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .targets import check_probability, to_soft
+
+__all__ = [
+    "Box",
+    "sample_beta",
+    "centered_boxes",
+    "cutmix_box",
+    "box_area",
+    "box_indicators",
+    "box_weight",
+    "gather_rows",
+    "mix_targets",
+    "pair_permutation",
+    "to_device",
+    "mixup_batch",
+    "cutmix_batch",
+    "MixupCutMix",
+    "Mixup",
+    "CutMix",
+]
+
+Box = tuple[int, int, int, int]
+"""(y0, y1, x0, x1): rows y0:y1 and columns x0:x1 (half-open), timm's order."""
+
+PAIRINGS = ("roll", "flip", "random")
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Move a small parameter tensor to ``device``: host->device without a stream sync, to CPU blocking."""
+    device = torch.device(device)
+    return t.to(device, non_blocking=device.type != "cpu")
+
+
+def sample_beta(
+    alpha: float | torch.Tensor,
+    size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``size`` draws of Beta(alpha, alpha) as float64, via two Gamma(alpha) draws from ``generator``.
+
+    ``alpha``: a float, or a ``(size,)`` tensor of per-draw alphas (one gamma call for mixed alphas).
+    """
+    if isinstance(alpha, torch.Tensor):
+        concentration = alpha.to(torch.float64).expand(2, size)
+    else:
+        concentration = torch.full((2, size), float(alpha), dtype=torch.float64, device=device)
+    # torch.distributions.Beta takes no generator; _standard_gamma does.
+    gammas = torch._standard_gamma(concentration, generator=generator)
+    total = gammas.sum(0)
+    # Both gammas underflow to 0 only for tiny alpha; then 0 / tiny = 0 is still a valid lambda.
+    return gammas[0] / total.clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def centered_boxes(
+    cy: torch.Tensor, cx: torch.Tensor, cut_h: torch.Tensor, cut_w: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Boxes of side ``cut_h x cut_w`` around centers ``(cy, cx)``, clipped to the image: (..., 4) long."""
+    y0 = cy - cut_h // 2
+    x0 = cx - cut_w // 2
+    bounds = (y0.clamp(0, height), (y0 + cut_h).clamp(0, height), x0.clamp(0, width), (x0 + cut_w).clamp(0, width))
+    return torch.stack(bounds, dim=-1)
+
+
+def cutmix_box(lam: float, cy: int, cx: int, height: int, width: int) -> Box:
+    """CutMix box of side ``floor(sqrt(1 - lam) * (H, W))`` centered at ``(cy, cx)``, clipped (Python ints)."""
+    ratio = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    y0, x0 = cy - cut_h // 2, cx - cut_w // 2
+    clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
+    return clip(y0, height), clip(y0 + cut_h, height), clip(x0, width), clip(x0 + cut_w, width)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Area in pixels of clipped boxes ``(..., 4)`` -> ``(...)``."""
+    return (boxes[..., 1] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 2])
+
+
+def mix_targets(y_soft: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``lam * y_soft + (1 - lam) * y_soft[perm]``; ``lam`` is a float or ``(B,)``; rows keep summing to 1."""
+    partner = y_soft.index_select(0, perm)
+    if isinstance(lam, torch.Tensor):
+        lam = to_device(lam, y_soft.device).to(y_soft.dtype).view(-1, 1)
+    return torch.lerp(partner, y_soft, lam)
+
+
+def pair_permutation(
+    batch_size: int, pairing: str, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Partner index ``(B,)`` long: roll (i - 1), flip (B - 1 - i) or random (randperm from ``generator``)."""
+    if pairing == "roll":
+        return torch.arange(-1, batch_size - 1, device=device) % batch_size
+    if pairing == "flip":
+        return torch.arange(batch_size - 1, -1, -1, device=device)
+    if pairing == "random":
+        gen_device = generator.device if generator is not None else device
+        perm = torch.randperm(batch_size, generator=generator, device=gen_device)
+        return perm if device is None else to_device(perm, device)
+    raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+
+
+def mixup_batch(
+    x: torch.Tensor, y_soft: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup ``x: (B, C, H, W)`` with ``x[perm]``: ``lam * x + (1 - lam) * x[perm]``, and the targets.
+
+    ``lam``: a float (whole batch) or ``(B,)`` (per sample). The pixel weight is rounded to ``x``'s
+    dtype and the targets use that rounded weight, so targets match the pixels exactly.
+    """
+    out = gather_rows(x, perm)  # the only full-size allocation; then blend in place
+    if isinstance(lam, torch.Tensor):
+        weight = to_device(lam, x.device).to(x.dtype)
+        out.lerp_(x, weight.view(-1, 1, 1, 1))
+        target_lam: float | torch.Tensor = weight.to(torch.float64)
+    else:
+        target_lam = torch.tensor(lam, dtype=x.dtype).item()
+        out.lerp_(x, target_lam)
+    return out, mix_targets(y_soft, target_lam, perm)
+
+
+def cutmix_batch(
+    x: torch.Tensor,
+    y_soft: torch.Tensor,
+    box: Box | torch.Tensor,
+    perm: torch.Tensor,
+    lam: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix ``x: (B, C, H, W)``: pixels inside ``box`` come from ``x[perm]``; returns (x_out, targets).
+
+    ``box``: one ``(y0, y1, x0, x1)`` for the batch, or ``(B, 4)`` per sample. ``lam=None`` sets the
+    target weight to the exact kept-pixel fraction ``1 - area / (H * W)``; a given ``lam`` is used as is.
+    """
+    height, width = x.shape[-2:]
+    if isinstance(box, torch.Tensor):
+        boxes = to_device(box, x.device)
+        if lam is None:
+            lam = 1.0 - box_area(boxes).to(torch.float64) / (height * width)
+        return _blend(x, y_soft, boxes, torch.ones(x.shape[0], device=x.device), lam, perm)
+    y0, y1, x0, x1 = (int(v) for v in box)
+    out = x.clone()  # keeps the memory format; only the box is copied from the partners
+    out[:, :, y0:y1, x0:x1] = x[:, :, y0:y1, x0:x1].index_select(0, perm)
+    if lam is None:
+        lam = 1.0 - max(y1 - y0, 0) * max(x1 - x0, 0) / (height * width)
+    return out, mix_targets(y_soft, lam, perm)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_alpha(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+class MixupCutMix:
+    """Mixup or CutMix chosen per batch or per sample; callable ``(x, y) -> (x_mixed, soft targets (B, K))``.
+
+    Args:
+        mixup_alpha, cutmix_alpha: Beta(alpha, alpha) parameters; 0 turns that op off (at least one > 0).
+        switch_prob: probability of CutMix when both are on (as timm).
+        prob: probability of mixing at all, per batch or per sample (an unmixed sample keeps lambda 1).
+        per_sample: one lambda / op / box per sample instead of one per batch.
+        correct_lam: CutMix target weight = exact kept-pixel fraction after clipping the box.
+        label_smoothing: smoothing of int labels before mixing (soft targets are used as given).
+        num_classes: needed for int labels ``y: (B,)``.
+        pairing: "roll", "flip" or "random" partner choice (see module docstring).
+        validate: label range check: True always, False never, None only for CPU labels (no sync).
+        generator: source of all randomness.
+
+    Per-batch mode returns ``x`` itself (not a copy) when the batch is not mixed; otherwise a new tensor.
+    """
+
+    mixes = True
+
+    def __init__(
+        self,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        switch_prob: float = 0.5,
+        prob: float = 1.0,
+        per_sample: bool = False,
+        correct_lam: bool = True,
+        label_smoothing: float = 0.0,
+        num_classes: int | None = None,
+        pairing: str = "roll",
+        validate: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.mixup_alpha = _check_alpha("mixup_alpha", mixup_alpha)
+        self.cutmix_alpha = _check_alpha("cutmix_alpha", cutmix_alpha)
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError(f"mixup_alpha or cutmix_alpha must be > 0, got {mixup_alpha} and {cutmix_alpha}")
+        self.switch_prob = check_probability("switch_prob", switch_prob)
+        self.prob = check_probability("prob", prob)
+        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
+        if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+            raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        self.per_sample = bool(per_sample)
+        self.correct_lam = bool(correct_lam)
+        self.num_classes = num_classes
+        self.pairing = pairing
+        self.validate = validate
+        self.generator = generator
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
+            f"switch_prob={self.switch_prob}, prob={self.prob}, per_sample={self.per_sample}, "
+            f"correct_lam={self.correct_lam}, label_smoothing={self.label_smoothing}, "
+            f"num_classes={self.num_classes}, pairing={self.pairing!r})"
+        )
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f"x must be a float (B, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have batch size {x.shape[0]}, got shape {tuple(y.shape)}")
+        y_soft = to_soft(y, self.num_classes, self.label_smoothing, validate=self.validate)
+        if x.shape[0] == 0:
+            return x, y_soft
+        if self.per_sample:
+            return self._mix_per_sample(x, y_soft)
+        return self._mix_per_batch(x, y_soft)
+
+    def _param_device(self, fallback: torch.device) -> torch.device:
+        return self.generator.device if self.generator is not None else fallback
+
+    def _uses_cutmix(self, switch_draw: torch.Tensor) -> torch.Tensor:
+        if self.mixup_alpha == 0:
+            return torch.ones_like(switch_draw, dtype=torch.bool)
+        if self.cutmix_alpha == 0:
+            return torch.zeros_like(switch_draw, dtype=torch.bool)
+        return switch_draw < self.switch_prob
+
+    def _mix_per_batch(self, x: torch.Tensor, y_soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gen, device = self.generator, self._param_device(torch.device("cpu"))
+        height, width = x.shape[-2:]
+        apply_draw, switch_draw = torch.rand(2, generator=gen, device=device).tolist()
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or switch_draw < self.switch_prob)
+        lam = float(sample_beta(self.cutmix_alpha if use_cutmix else self.mixup_alpha, 1, gen, device))
+        center = int(torch.randint(0, height * width, (1,), generator=gen, device=device))
+        perm = pair_permutation(x.shape[0], self.pairing, gen, x.device)
+        if not apply_draw < self.prob or lam == 1.0:
+            return x, y_soft
+        if not use_cutmix:
+            return mixup_batch(x, y_soft, lam, perm)
+        box = cutmix_box(lam, *divmod(center, width), height, width)
+        return cutmix_batch(x, y_soft, box, perm, None if self.correct_lam else lam)
+
+    def _mix_per_sample(self, x: torch.Tensor, y_soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gen, device = self.generator, self._param_device(x.device)
+        batch, (height, width) = x.shape[0], x.shape[-2:]
+        apply_draw, switch_draw = torch.rand(2, batch, generator=gen, device=device, dtype=torch.float64)
+        apply = apply_draw < self.prob
+        cut_rows = self._uses_cutmix(switch_draw)
+        # One Beta draw per sample with that sample's alpha (an off op's alpha 0 is never used).
+        alphas = torch.where(cut_rows, self.cutmix_alpha or 1.0, self.mixup_alpha or 1.0)
+        lam = sample_beta(alphas, batch, gen)
+        center = torch.randint(0, height * width, (batch,), generator=gen, device=device)
+        perm = pair_permutation(batch, self.pairing, gen, x.device)
+
+        cut_rows &= apply
+        mix_rows = apply & ~cut_rows
+        ratio = torch.sqrt(1.0 - lam)
+        cut_h = torch.floor(height * ratio).long() * cut_rows
+        cut_w = torch.floor(width * ratio).long() * cut_rows
+        boxes = centered_boxes(center // width, center % width, cut_h, cut_w, height, width)
+        # Pixel weight outside the box: lambda on Mixup rows, 1 on CutMix and unmixed rows.
+        pixel_lam = torch.where(mix_rows, lam, 1.0).to(x.dtype).to(torch.float64)
+        kept = 1.0 - box_area(boxes).to(torch.float64) / (height * width)
+        target_lam = torch.where(cut_rows, kept if self.correct_lam else lam, pixel_lam)
+        # One small copy to x's device for all per-sample parameters.
+        params = torch.cat([boxes.to(torch.float64), pixel_lam[:, None], target_lam[:, None]], 1).float()
+        params = to_device(params, x.device)
+        return _blend(x, y_soft, params[:, :4], params[:, 4], params[:, 5], perm)
+
+
+def gather_rows(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``x[perm]`` along dim 0 as a new tensor in ``x``'s memory format (index_select, fast)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).index_select(0, perm).permute(0, 3, 1, 2)
+    return x.index_select(0, perm)
+
+
+def _blend(
+    x: torch.Tensor,
+    y_soft: torch.Tensor,
+    boxes: torch.Tensor,
+    pixel_lam: torch.Tensor,
+    target_lam: float | torch.Tensor,
+    perm: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass ``lerp(x[perm], x, w)`` with ``w = 0`` inside ``boxes (B, 4)`` and ``pixel_lam (B,)`` outside.
+
+    Memory traffic is what costs here: one full-size allocation (the output, filled by the gather)
+    and one ``(B, 1, H, W)`` weight built by a single broadcast op; the blend runs in place.
+    """
+    weight = box_weight(boxes, pixel_lam, x.shape[-2], x.shape[-1], x.dtype)  # before the output: fewer page faults
+    out = gather_rows(x, perm)
+    out.lerp_(x, weight)
+    return out, mix_targets(y_soft, target_lam, perm)
+
+
+def box_indicators(
+    boxes: torch.Tensor, height: int, width: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column membership of ``boxes (..., 4)`` as 0/1 floats: ``(..., H, 1)`` and ``(..., 1, W)``.
+
+    Their product is the box mask; float products broadcast far faster on CPU than bool ``&``.
+    """
+    rows = torch.arange(height, device=boxes.device, dtype=boxes.dtype).view(height, 1)
+    cols = torch.arange(width, device=boxes.device, dtype=boxes.dtype).view(1, width)
+    b = boxes[..., None, None]  # (..., 4, 1, 1)
+    in_rows = ((rows >= b[..., 0, :, :]) & (rows < b[..., 1, :, :])).to(dtype)
+    in_cols = ((cols >= b[..., 2, :, :]) & (cols < b[..., 3, :, :])).to(dtype)
+    return in_rows, in_cols
+
+
+def box_weight(boxes: torch.Tensor, outside: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, 1, H, W)`` weight: exactly 0 inside ``boxes (B, 4)``, ``outside (B,)`` elsewhere."""
+    lam = outside.to(dtype).view(-1, 1, 1, 1)
+    in_rows, in_cols = box_indicators(boxes, height, width, dtype)
+    weight = torch.mul(in_rows[:, None] * lam, in_cols[:, None].neg())  # -lam inside, 0 outside
+    return weight.add_(lam)
+
+
+class Mixup(MixupCutMix):
+    """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]``, lam ~ Beta(alpha, alpha), alpha > 0."""
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        prob: float = 1.0,
+        per_sample: bool = False,
+        label_smoothing: float = 0.0,
+        num_classes: int | None = None,
+        pairing: str = "roll",
+        validate: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        super().__init__(
+            alpha, 0.0, 0.0, prob, per_sample, True, label_smoothing, num_classes, pairing, validate, generator
+        )
+
+
+class CutMix(MixupCutMix):
+    """CutMix (Yun et al. 2019): a box of side sqrt(1 - lam) * (H, W) pasted from ``x[perm]``, alpha > 0."""
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        prob: float = 1.0,
+        per_sample: bool = False,
+        correct_lam: bool = True,
+        label_smoothing: float = 0.0,
+        num_classes: int | None = None,
+        pairing: str = "roll",
+        validate: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        super().__init__(
+            0.0, alpha, 1.0, prob, per_sample, correct_lam, label_smoothing, num_classes, pairing, validate, generator
+        )

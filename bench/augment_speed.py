@@ -1,0 +1,132 @@
+"""Time batch regularizers: ours vs timm ``Mixup`` vs torchvision v2 ``MixUp``/``CutMix``.
+
+Prints one markdown table of ms per batch (median of ``--repeats`` runs after warmup, CUDA
+synchronized) for B=512 x 3x32x32 and B=128 x 3x224x224, with ratios against timm's batch mode.
+
+    python -m bench.augment_speed --device cpu --repeats 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from augment.erasing import Cutout
+from augment.mixing import CutMix, Mixup, MixupCutMix
+from augment.noise import GaussianNoise
+
+__all__ = ["main", "time_ms"]
+
+SHAPES = ((512, 3, 32, 32), (128, 3, 224, 224))
+NUM_CLASSES = 100
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 5) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` runs after ``warmup`` runs."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def candidates(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Name -> zero-arg callable doing one batch. timm mixes ``x`` in place (values drift; timing does not)."""
+    from timm.data import Mixup as TimmMixup
+    from torchvision.transforms import v2
+
+    k = NUM_CLASSES
+    ours = {
+        "ours Mixup batch": Mixup(1.0, num_classes=k),
+        "ours CutMix batch": CutMix(1.0, num_classes=k),
+        "ours switch per-batch": MixupCutMix(1.0, 1.0, num_classes=k),
+        "ours switch per-sample": MixupCutMix(1.0, 1.0, per_sample=True, num_classes=k),
+        "ours Cutout (1 hole, 0.5)": Cutout(1, 0.5),
+        "ours GaussianNoise": GaussianNoise(0.1),
+    }
+    fns: dict[str, Callable[[], object]] = {"x.clone() anchor": x.clone}
+    fns.update({name: (lambda op=op: op(x, y)) for name, op in ours.items()})
+    for mode in ("batch", "pair", "elem"):
+        timm_op = TimmMixup(mixup_alpha=1.0, cutmix_alpha=1.0, mode=mode, label_smoothing=0.0, num_classes=k)
+        fns[f"timm Mixup {mode}"] = lambda op=timm_op: op(x, y)
+    fns["torchvision v2.MixUp"] = lambda op=v2.MixUp(alpha=1.0, num_classes=k): op(x, y)
+    fns["torchvision v2.CutMix"] = lambda op=v2.CutMix(alpha=1.0, num_classes=k): op(x, y)
+    return fns
+
+
+def machine(device: torch.device) -> str:
+    """One line naming the CPU or GPU and torch's thread count."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return f"{device.type}: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def bench_device(device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Method -> [ms per shape] on ``device``."""
+    results: dict[str, list[float]] = {}
+    gen = torch.Generator().manual_seed(0)
+    for shape in SHAPES:
+        x = torch.randn(shape, generator=gen).to(device)
+        y = torch.randint(0, NUM_CLASSES, (shape[0],), generator=gen).to(device)
+        for name, fn in candidates(x, y).items():
+            results.setdefault(name, []).append(time_ms(fn, device, repeats))
+    return results
+
+
+def table(rows: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown table: device, method, then ms and ratio vs timm batch for each shape."""
+    head = ["device", "method"]
+    for b, c, h, w in SHAPES:
+        head += [f"B={b} {c}x{h}x{w} ms", "x timm batch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for device, results in rows.items():
+        base = results["timm Mixup batch"]
+        for name, times in results.items():
+            cells = [device, name]
+            for t, ref in zip(times, base):
+                cells += [f"{t:.3f}", f"{t / ref:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="all", help="cpu, cuda, or all (cpu and cuda when available)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per method (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "all":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [args.device]
+    rows = {}
+    for name in devices:
+        device = torch.device(name)
+        print(machine(device))
+        rows[name] = bench_device(device, args.repeats)
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
