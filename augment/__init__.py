@@ -1,1 +1,47 @@
-"""Fast batch augmentation and regularization for image classification (torch only)."""
+"""Fast batch augmentation and regularization for image classification (torch only).
+
+Batch ops take ``x: (B, C, H, W)`` on any device and dtype plus int labels ``(B,)`` or soft targets
+``(B, K)`` and return ``(x, targets)``; mixing ops return soft targets. Albumentations (``augment.cpu``)
+is imported lazily, and Lightning only by ``augment.data``, which this module does not import.
+"""
+
+from augment.erasing import Cutout
+from augment.gpu import normalize, random_crop, random_crop_flip, random_flip, to_float_nchw
+from augment.mixing import CutMix, Mixup, MixupCutMix, cutmix_batch, mixup_batch
+from augment.noise import GaussianNoise
+from augment.pipeline import (
+    Compose,
+    CutMixConfig,
+    CutoutConfig,
+    MixingConfig,
+    MixupConfig,
+    NoiseConfig,
+    build_batch_augment,
+)
+from augment.targets import check_labels, one_hot, smooth, to_soft
+
+__all__ = [
+    "Mixup",
+    "CutMix",
+    "MixupCutMix",
+    "mixup_batch",
+    "cutmix_batch",
+    "Cutout",
+    "GaussianNoise",
+    "one_hot",
+    "smooth",
+    "to_soft",
+    "check_labels",
+    "Compose",
+    "MixupConfig",
+    "CutMixConfig",
+    "MixingConfig",
+    "CutoutConfig",
+    "NoiseConfig",
+    "build_batch_augment",
+    "random_crop",
+    "random_flip",
+    "random_crop_flip",
+    "normalize",
+    "to_float_nchw",
+]

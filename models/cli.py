@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of train.py: one-line errors and exit code 2 for user errors, no traceback."""
     torch.set_float32_matmul_precision("high")
     try:
-        run(argv if argv is not None else sys.argv[1:])
+        run(argv)
     except USER_ERRORS as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
