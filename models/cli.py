@@ -48,7 +48,7 @@ def _trainer_defaults() -> dict[str, Any]:
             LearningRateMonitor(logging_interval="epoch"),
             AugmentedImageGrid(),
             ConfusionMatrixLogger(),
-            NonFiniteLossGuard(),
+            NonFiniteLossGuard(check_every_n_steps=50),  # one host sync per 50 steps, exact step still named
             HparamsWithFinalMetrics(),
         ],
         "max_epochs": 30,
@@ -74,12 +74,13 @@ class CifarCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("model.channels_last", "data.channels_last")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": "link",  # last.ckpt links to the best file when they coincide
                 "checkpoint.filename": "best-epoch{epoch:03d}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
