@@ -338,6 +338,10 @@ class NonFiniteLossGuard(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(trainer)
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Check the unchecked window before any checkpoint is written: raising here aborts the write."""
+        self._check(trainer)
+
     def _check(self, trainer: pl.Trainer) -> None:
         if not self._losses:
             return

@@ -8,13 +8,19 @@ checkpoint once on the test split. `run(args)` does the same from Python and ret
 
 from __future__ import annotations
 
+import argparse
+import pickle
 import sys
 import time
 import warnings
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -25,16 +31,40 @@ from models.callbacks import (
     HparamsWithFinalMetrics,
     NonFiniteLossGuard,
 )
+from models.checkpoint_io import AtomicCheckpointIO
 from models.classifier import CifarClassifier
 from models.regularizers import WeightNoise
 
-__all__ = ["CifarCLI", "UserError", "run", "main"]
+__all__ = ["CifarCLI", "LastCheckpoint", "UserError", "run", "main"]
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ImportError, FloatingPointError)
+# Lightning raises MisconfigurationException for bad Trainer flags (`max_epochs` -5, `devices` 0, ...);
+# jsonargparse raises argparse.ArgumentError for parse errors (exit_on_error is off, see CifarCLI).
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    ImportError,
+    FloatingPointError,
+    MisconfigurationException,
+    argparse.ArgumentError,
+)
 
 
 class UserError(Exception):
     """A bad config value, missing data or a diverged run: reported in one line, without a traceback."""
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes `last.ckpt` at the end of every epoch, for resuming.
+
+    Lightning >= 2.6 refreshes a monitored ModelCheckpoint's `save_last` file only in epochs that also
+    save a new top-k file, so there `last.ckpt` is the stale best epoch whenever val/acc did not
+    improve (and `save_last="link"` links it to that stale file). This unmonitored top-1 checkpoint
+    named `last` is rewritten every epoch instead; its own class keeps its state key distinct.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
 def _trainer_defaults() -> dict[str, Any]:
@@ -50,6 +80,7 @@ def _trainer_defaults() -> dict[str, Any]:
             ConfusionMatrixLogger(),
             NonFiniteLossGuard(check_every_n_steps=50),  # one host sync per 50 steps, exact step still named
             HparamsWithFinalMetrics(),
+            LastCheckpoint(),
         ],
         "max_epochs": 30,
         "log_every_n_steps": 50,
@@ -69,8 +100,21 @@ class CifarCLI(LightningCLI):
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=_trainer_defaults(),
-            **kwargs,
+            **{"parser_kwargs": {"exit_on_error": False}, **kwargs},  # parse errors raise: main() prints one line
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then reject values Lightning would report without naming the field (before seeding)."""
+        super().parse_arguments(parser, args)
+        _check_seed(self.config.get("seed_everything"))
+        _check_accelerator(self.config.get("trainer.accelerator"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The Trainer, with crash-safe checkpoint writes unless a custom CheckpointIO plugin is configured."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -80,7 +124,7 @@ class CifarCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": "link",  # last.ckpt links to the best file when they coincide
+                "checkpoint.save_last": False,  # LastCheckpoint writes last.ckpt every epoch (see there)
                 "checkpoint.filename": "best-epoch{epoch:03d}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -95,6 +139,71 @@ class CifarCLI(LightningCLI):
         parser.add_argument("--run_test", type=bool, default=True, help="Test the selected checkpoint after fit.")
 
 
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+        raise ValueError(f"seed_everything must be true, false or an int in [0, 2**32), got {seed}")
+
+
+def _check_accelerator(accelerator: Any) -> None:
+    """Lightning says only 'No supported gpu backend found!' when a GPU is requested on a CPU-only machine."""
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if (accelerator == "cuda" and not cuda) or (accelerator == "mps" and not mps) or not (cuda or mps):
+        raise ValueError(f"trainer.accelerator must be cpu or auto on a machine without a {accelerator} device, got {accelerator!r}")
+
+
+_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def _check_ckpt_path(ckpt_path: Any, model: torch.nn.Module) -> None:
+    """A local ckpt_path must be a complete Lightning checkpoint whose weights fit `model` (names and shapes)."""
+    if ckpt_path is None or ckpt_path in _CKPT_ALIASES or "://" in str(ckpt_path):
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ValueError(f"ckpt_path must be an existing checkpoint file, got {ckpt_path!r}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(path))
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"ckpt_path must be a complete torch checkpoint, got {ckpt_path!r} ({reason})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"ckpt_path must be a Lightning checkpoint with a state_dict, got {ckpt_path!r}")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or unexpected or reshaped:
+        first = (missing or unexpected or reshaped)[0]
+        raise ValueError(
+            f"ckpt_path must hold weights of this model config, got {ckpt_path!r}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(reshaped)} reshaped tensors (e.g. {first!r}); "
+            "resume with the config that wrote the checkpoint"
+        )
+
+
+def _continue_checkpoint_dir(trainer: Any, ckpt_path: Any) -> None:
+    """Resuming from a file a ModelCheckpoint wrote: keep saving checkpoints in that folder.
+
+    Lightning restores a ModelCheckpoint's best score and top-k only when its folder is unchanged; a
+    resumed run logs to a new TensorBoard version, so without this the best checkpoint would be picked
+    among the resumed epochs only.
+    """
+    if ckpt_path is None or ckpt_path in _CKPT_ALIASES or "://" in str(ckpt_path):
+        return
+    folder = Path(ckpt_path).resolve().parent
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(ckpt_path))
+    states = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
+    dirs = {state.get("dirpath") for state in states.values() if isinstance(state, dict)}
+    if any(d and Path(d).resolve() == folder for d in dirs):
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(folder)
+
+
 def _without_validation(trainer: Any) -> None:
     """val_size 0: no early stopping, and checkpoints keep only the last epoch."""
     warnings.warn("data.val_size is 0: early stopping is off and the last epoch is tested", stacklevel=2)
@@ -103,11 +212,20 @@ def _without_validation(trainer: Any) -> None:
         cb.monitor = None
         cb.save_top_k = 1
         cb.mode = "min"
+        if "val/" in (cb.filename or ""):  # no val metrics to put in the name (they would read 0.0000)
+            cb.filename = "epoch{epoch:03d}-step{step}"
     trainer.limit_val_batches = 0
 
 
-def _final_metrics(trainer: Any, test_results: list[dict], fit_time_s: float) -> dict[str, Any]:
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+def _scalar_metrics(trainer: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def _final_metrics(
+    trainer: Any, fit_metrics: dict[str, float], test_results: list[dict], fit_time_s: float
+) -> dict[str, Any]:
+    """Last train/val epoch metrics (kept from before `trainer.test`, which resets them), val/acc_best, test."""
+    metrics: dict[str, Any] = dict(fit_metrics)
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.best_model_score is not None:
         metrics["val/acc_best"] = float(ckpt.best_model_score)
@@ -127,15 +245,33 @@ def run(args: list[str] | dict | None = None) -> dict[str, Any]:
     config = cli.config
     if not datamodule.has_val:
         _without_validation(trainer)
+    if not trainer.loggers:  # trainer.logger false: LearningRateMonitor would refuse to start
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+    _check_ckpt_path(config.get("ckpt_path"), model)
+    _continue_checkpoint_dir(trainer, config.get("ckpt_path"))
+    if config.get("run_test", True) and not datamodule.download:
+        datamodule.setup("test")  # a missing or broken test split fails now, not after the whole fit
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
     fit_time_s = time.perf_counter() - start
+    fit_metrics = _scalar_metrics(trainer)
     test_results: list[dict] = []
     if config.get("run_test", True):
         ckpt = trainer.checkpoint_callback
         use_best = datamodule.has_val and ckpt is not None and bool(ckpt.best_model_path)
-        test_results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
-    return _final_metrics(trainer, test_results, fit_time_s)
+        best = ckpt.best_model_path if use_best else None  # a path: "best" warns with two ModelCheckpoints
+        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
+    return _final_metrics(trainer, fit_metrics, test_results, fit_time_s)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: parse errors keep all their lines (field, then rule) joined; others the first."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if isinstance(err, argparse.ArgumentError):
+        return " ".join(lines)
+    return lines[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
     except USER_ERRORS as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
