@@ -430,9 +430,9 @@ def _lightning_trainer(
 ) -> Any:
     """`models.cli.CifarCLI` objects for a train-only run: no early stopping, checkpoints last-only or off;
     `guard_every` overrides `NonFiniteLossGuard.check_every_n_steps` (how often the loss is read to the host)."""
-    from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.callbacks import Checkpoint, EarlyStopping
 
-    from models.cli import CifarCLI
+    from models.cli import CifarCLI, LastCheckpoint
 
     with unittest.mock.patch.object(sys, "argv", sys.argv[:1]):  # the config is all in args, not sys.argv
         cli = CifarCLI(_cli_args(settings, root, mix, workdir, subset))
@@ -440,10 +440,8 @@ def _lightning_trainer(
     for callback in cli.trainer.callbacks:
         if isinstance(callback, EarlyStopping):
             continue  # no validation split: nothing to monitor (as models.cli.run does)
-        if isinstance(callback, Checkpoint) and not checkpoint:
-            continue
-        if isinstance(callback, ModelCheckpoint):
-            callback.monitor, callback.save_top_k, callback.mode = None, 1, "min"
+        if isinstance(callback, Checkpoint) and (not checkpoint or not isinstance(callback, LastCheckpoint)):
+            continue  # checkpointing on: only train.py's every-epoch last.ckpt (no monitored metric here)
         if guard_every is not None and hasattr(callback, "check_every_n_steps"):
             callback.check_every_n_steps = guard_every
         kept.append(callback)
