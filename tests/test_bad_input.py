@@ -19,16 +19,9 @@ import torch
 
 from conftest import make_imagefolder
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the 2-core CI machine is shared, and oversubscription costs 5-10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cli_args(root: Path, workdir: Path, *extra: str) -> list[str]:

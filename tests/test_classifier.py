@@ -24,19 +24,11 @@ SIZE = 16  # image side
 BACKBONE = "test_resnet"
 
 pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
     pytest.mark.filterwarnings("ignore:.*self.trainer.*reference is not registered.*"),  # unit steps, no Trainer
     pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`.*"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core box they oversubscribe (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_dataset(n: int = 64, seed: int = 0) -> TensorDataset:

@@ -16,6 +16,8 @@ import torch
 from conftest import make_imagefolder
 from test_bad_input import cli_args
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
 # Every regularizer that draws random numbers: batch-level mixing, Cutout, input noise, dropout.
 RANDOM_REGULARIZERS = [
     "--model.mixup.alpha", "0.4",
@@ -25,14 +27,6 @@ RANDOM_REGULARIZERS = [
     "--model.input_noise.std", "0.05",
     "--model.drop_rate", "0.2",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

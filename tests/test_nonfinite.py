@@ -13,15 +13,9 @@ import torch
 from conftest import make_imagefolder
 from test_bad_input import cli_args
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
 STEPS_PER_EPOCH = 3  # 4 classes x 8 train images, 8 held out for validation, batch 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
