@@ -214,12 +214,14 @@ def create_model(
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     pretrained: bool = False,
+    norm_strict: bool = False,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Build timm model ``name`` with a ``num_classes`` head for (B, 3, H, W) -> (B, num_classes) logits.
 
     cifar_stem: remove the stem's 4x downsampling (see ``to_cifar_stem``).
-    norm / norm_groups: BatchNorm swap, see ``models.norms.swap_norm``.
+    norm / norm_groups / norm_strict: BatchNorm swap, see ``models.norms.swap_norm`` (norm_strict: raise
+    when norm_groups does not divide a layer's channels instead of using the largest divisor).
     drop_rate: dropout before the classifier; drop_path_rate: stochastic depth of the last block
     (timm spreads it linearly over depth). Both must be in [0, 1).
     pretrained: load weights timm finds locally; never downloads.
@@ -232,4 +234,4 @@ def create_model(
     model = _create_timm(name, pretrained, kwargs)
     if cifar_stem:
         to_cifar_stem(model, name)
-    return swap_norm(model, norm, norm_groups)
+    return swap_norm(model, norm, norm_groups, strict=norm_strict)

@@ -136,6 +136,7 @@ class CifarClassifier(pl.LightningModule):
         cifar_stem: bool = True,
         norm: str = "batch",
         norm_groups: int = 32,
+        norm_strict: bool = False,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         pretrained: bool = False,
@@ -166,7 +167,8 @@ class CifarClassifier(pl.LightningModule):
             raise ValueError(f"model.num_classes must be an int >= 2, got {num_classes!r}")
         _check_unit_open("model.label_smoothing", label_smoothing)
         _check_unit_open("model.ema_decay", ema_decay)
-        flags = dict(cifar_stem=cifar_stem, pretrained=pretrained, ema_warmup=ema_warmup, tta_flip=tta_flip)
+        flags = dict(cifar_stem=cifar_stem, norm_strict=norm_strict, pretrained=pretrained)
+        flags.update(ema_warmup=ema_warmup, tta_flip=tta_flip)
         for name, value in dict(flags, channels_last=channels_last, compile=compile).items():
             _check_bool(f"model.{name}", value)
         self.save_hyperparameters()
@@ -192,6 +194,7 @@ class CifarClassifier(pl.LightningModule):
             cifar_stem=cifar_stem,
             norm=norm,
             norm_groups=norm_groups,
+            norm_strict=norm_strict,
             drop_rate=drop_rate,
             drop_path_rate=drop_path_rate,
             pretrained=pretrained,
