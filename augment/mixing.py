@@ -358,6 +358,12 @@ def box_weight(boxes: torch.Tensor, outside: torch.Tensor, height: int, width: i
     return weight.add_(lam)
 
 
+def _check_positive_alpha(alpha: float) -> None:
+    """Mixup and CutMix alone need a Beta(alpha, alpha) with alpha > 0 (0 would mean the op is off)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+
+
 class Mixup(MixupCutMix):
     """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]``, lam ~ Beta(alpha, alpha), alpha > 0."""
 
@@ -372,8 +378,7 @@ class Mixup(MixupCutMix):
         validate: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        _check_positive_alpha(alpha)
         super().__init__(
             alpha, 0.0, 0.0, prob, per_sample, True, label_smoothing, num_classes, pairing, validate, generator
         )
@@ -394,8 +399,7 @@ class CutMix(MixupCutMix):
         validate: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        _check_positive_alpha(alpha)
         super().__init__(
             0.0, alpha, 1.0, prob, per_sample, correct_lam, label_smoothing, num_classes, pairing, validate, generator
         )
