@@ -196,6 +196,11 @@ def _load_torchvision(name: str, root: Path, split: str, download: bool) -> tupl
             f"data.root {root} does not hold a valid {name} copy ({err}); for cifar100 export the lossless copy "
             "as an ImageFolder tree, or set data.download=true to fetch it when online"
         ) from None
+    except OSError as err:  # urllib.error.URLError and socket errors are OSErrors: no network, proxy, DNS
+        raise ValueError(
+            f"data.download could not fetch {name} into {root} ({getattr(err, 'reason', err)}); with no network, "
+            "point data.root at a local copy and set data.download=false"
+        ) from None
     images = np.ascontiguousarray(ds.data, dtype=np.uint8)
     return images, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
 

@@ -326,3 +326,18 @@ def test_real_cache_makes_second_load_fast(which, request):
     _, first, second = loaded["train"]
     print(f"{which} train: first load {first:.2f} s, cached load {second:.2f} s")
     assert second < first / 3  # absolute times depend on the machine; the cache skips decoding entirely
+
+
+def test_download_without_network_is_one_line_error(tmp_path, monkeypatch):
+    """A failed torchvision download (no network) names data.download and says how to use a local copy."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(ValueError, match=r"^data\.download could not fetch cifar10 .*data\.root at a local copy") as err:
+        load_dataset("cifar10", tmp_path / "empty", "train", download=True)
+    assert "\n" not in str(err.value)
