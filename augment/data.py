@@ -235,6 +235,14 @@ class CIFARDataModule(pl.LightningDataModule):
             self._on_device[split] = torch.from_numpy(images).to(self._device()).permute(0, 3, 1, 2).contiguous()
         return self._on_device[split]
 
+    def _batches_trained_this_epoch(self) -> int:
+        """Batches of the epoch being started that were already trained: 0, except right after Lightning
+        restored a mid-epoch checkpoint (its epoch loop then continues at that batch)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
     def _device_loader(self, split: str, indices: np.ndarray | None, train: bool) -> DeviceBatchLoader:
         images = self._device_images(split)
         labels = torch.from_numpy(self._arrays[split][1]).to(images.device)
@@ -257,6 +265,7 @@ class CIFARDataModule(pl.LightningDataModule):
             channels_last=self.channels_last,
             indices=None if indices is None else torch.from_numpy(indices),
             layout="nchw",
+            resume_offset=self._batches_trained_this_epoch if train else None,
         )
 
     def _cpu_loader(self, split: str, indices: np.ndarray | None, train: bool) -> torch.utils.data.DataLoader:

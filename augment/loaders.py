@@ -45,6 +45,9 @@ class DeviceBatchLoader:
     all N. Each epoch uses the permutation seeded by (seed, epoch), shared by all ranks and sharded
     between them; crop/flip draws are seeded by (seed, epoch, rank). The epoch advances after every
     full pass or is set with ``set_epoch`` (Lightning calls it through ``.sampler``).
+    ``resume_offset``: called as each pass starts, returns how many batches of this epoch were already
+    trained (non-zero only right after a mid-epoch checkpoint was restored); the pass then starts at that
+    batch with the epoch's same order and draws, so a mid-epoch resume sees what an uninterrupted run sees.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class DeviceBatchLoader:
         indices: torch.Tensor | None = None,
         mode: str = "reflect",
         layout: str = "auto",
+        resume_offset: Callable[[], int] | None = None,
     ) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, C) or (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -102,6 +106,8 @@ class DeviceBatchLoader:
         self.dtype = dtype
         self.mode = mode
         self.epoch = 0
+        self.resume_offset = resume_offset
+        self._iter_epoch = -1  # the epoch of the pass in progress (saved in checkpoints)
         if train:  # eval batches are never cropped
             _check_crop_args(padding, mode, self.images.shape[2], self.images.shape[3])
 
@@ -129,6 +135,19 @@ class DeviceBatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def state_dict(self) -> dict[str, int]:
+        """Saved by Lightning with each checkpoint; its presence tells Lightning the loader resumes mid-epoch."""
+        return {"epoch": self._iter_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to restore: the order and draws follow from (seed, epoch), the skip from ``resume_offset``."""
+
+    def _batches_to_skip(self) -> int:
+        if self.resume_offset is None:
+            return 0
+        done = int(self.resume_offset())
+        return done if 0 < done < len(self) else 0
+
     def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's sample order for ``epoch`` (CPU int64, padded like DistributedSampler)."""
         epoch = self.epoch if epoch is None else epoch
@@ -140,6 +159,8 @@ class DeviceBatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
         self.epoch += 1  # a plain loop over epochs still sees a new order each time
+        self._iter_epoch = epoch
+        skip = self._batches_to_skip()  # > 0 only for the first pass after a mid-epoch resume
         order = self.epoch_indices(epoch)
         n = order.numel()
         augment = self.train and (self.padding > 0 or self.flip)
@@ -155,7 +176,7 @@ class DeviceBatchLoader:
             ).to(self.device, non_blocking=True)
         order = order.to(self.device, non_blocking=True)
         stop = n - n % self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
+        for start in range(skip * self.batch_size, stop, self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.images[idx]  # uint8 (B, C, H, W)
             if augment:

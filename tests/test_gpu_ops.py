@@ -266,3 +266,20 @@ def test_library_modules_import_without_lightning_or_albumentations():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+
+
+def test_loader_resumes_mid_epoch_at_the_trained_batch():
+    """resume_offset k > 0 (right after a mid-epoch checkpoint): the pass starts at batch k of the same
+    epoch's order and draws; the following passes are whole again."""
+    full, _, _ = _loader(train=True, padding=2, flip=True, seed=3)
+    full.set_epoch(4)
+    expected = [(x.clone(), y.clone()) for x, y in full]
+    offsets = iter([2, 0])
+    resumed, _, _ = _loader(train=True, padding=2, flip=True, seed=3, resume_offset=lambda: next(offsets))
+    resumed.set_epoch(4)
+    got = list(resumed)
+    assert len(got) == len(expected) - 2
+    for (x, y), (ex, ey) in zip(got, expected[2:]):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert resumed.state_dict() == {"epoch": 4}
+    assert len(list(resumed)) == len(expected)  # next epoch: offset 0, whole pass

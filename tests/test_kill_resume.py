@@ -105,9 +105,8 @@ def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(tmp_path: Path) ->
     assert end["epoch"] == MAX_EPOCHS - 1  # ended at the configured epoch, not before or after
     assert end["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == MAX_EPOCHS
     assert f"`max_epochs={MAX_EPOCHS}` reached" in (tmp_path / "run2.log").read_text()
-    # No step lost or repeated: a resumed epoch runs only its remaining steps. (Their data is not that of
-    # the uninterrupted run: the loader is not resumable, so it restarts at the epoch's first batch and
-    # Lightning warns; epoch-end checkpoints resume exactly, see the next test.)
+    # No step lost or repeated: a resumed epoch runs only its remaining steps, on the batches an
+    # uninterrupted run would have seen there (the device loader is resumable, see the mid-epoch test).
     assert end["global_step"] == MAX_EPOCHS * STEPS_PER_EPOCH
     assert max(c["global_step"] for c in checkpoints) == end["global_step"]
     assert sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith(".")) == []  # no temp files left
@@ -141,6 +140,38 @@ def test_resume_from_epoch_end_checkpoint_is_bitwise_identical_to_uninterrupted_
     assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_resume_from_mid_epoch_checkpoint_is_bitwise_identical_to_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device loader saves its epoch with the checkpoint and skips the batches already trained, so a
+    run resumed from a step inside an epoch sees the same batches, crops and flips as one never stopped."""
+    from models.cli import run
+
+    data = make_imagefolder(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    common = [
+        "--trainer.max_epochs", "3", "--run_test", "false",
+        "--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "s{step}",
+        "--checkpoint.every_n_train_steps", "1", "--model.mixup.alpha", "0.4", "--model.input_noise.std", "0.05",
+    ]
+    mid = STEPS_PER_EPOCH + 1  # epoch 1, one of its batches trained
+    try:
+        run(cli_args(data, tmp_path / "a", *common, "--checkpoint.dirpath", str(tmp_path / "a_ckpts")))
+        resume = ["--checkpoint.dirpath", str(tmp_path / "b_ckpts"), "--ckpt_path", str(tmp_path / f"a_ckpts/s{mid}.ckpt")]
+        run(cli_args(data, tmp_path / "b", *common, *resume))
+    finally:
+        torch.set_num_threads(threads)
+    end = 3 * STEPS_PER_EPOCH
+    for step in (mid + 1, end):  # the first step after the resume, and the end of training
+        a = torch.load(tmp_path / f"a_ckpts/s{step}.ckpt", map_location="cpu", weights_only=False)
+        b = torch.load(tmp_path / f"b_ckpts/s{step}.ckpt", map_location="cpu", weights_only=False)
+        assert a["global_step"] == b["global_step"] == step
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), step
 
 
 CRASHING_SAVE = r"""
