@@ -112,10 +112,8 @@ def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(tmp_path: Path) ->
     assert sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
 
-def test_resume_from_epoch_end_checkpoint_is_bitwise_identical_to_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Weights, optimizer, schedule, epoch and the batch-augmentation RNG all come back from the checkpoint."""
+def _uninterrupted_then_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, common: list[str], resume_from: str) -> None:
+    """Run `common` to the end with checkpoints in a_ckpts, then again from a_ckpts/`resume_from` into b_ckpts."""
     from models.cli import run
 
     data = make_imagefolder(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=2)
@@ -123,18 +121,25 @@ def test_resume_from_epoch_end_checkpoint_is_bitwise_identical_to_uninterrupted_
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        run(cli_args(data, tmp_path / "a", *common, "--checkpoint.dirpath", str(tmp_path / "a_ckpts")))
+        resume = ["--checkpoint.dirpath", str(tmp_path / "b_ckpts"), "--ckpt_path", str(tmp_path / "a_ckpts" / resume_from)]
+        run(cli_args(data, tmp_path / "b", *common, *resume))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_resume_from_epoch_end_checkpoint_is_bitwise_identical_to_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights, optimizer, schedule, epoch and the batch-augmentation RNG all come back from the checkpoint."""
     common = [
         "--trainer.max_epochs", "3", "--run_test", "false",
         "--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "e{epoch}",
         "--model.mixup.alpha", "0.4", "--model.cutout.n_holes", "1", "--model.cutout.size", "8",
         "--model.input_noise.std", "0.05",
     ]
-    try:
-        run(cli_args(data, tmp_path / "a", *common, "--checkpoint.dirpath", str(tmp_path / "a_ckpts")))
-        resume = ["--checkpoint.dirpath", str(tmp_path / "b_ckpts"), "--ckpt_path", str(tmp_path / "a_ckpts/e0.ckpt")]
-        run(cli_args(data, tmp_path / "b", *common, *resume))
-    finally:
-        torch.set_num_threads(threads)
+    _uninterrupted_then_resumed(tmp_path, monkeypatch, common, "e0.ckpt")
     a = torch.load(tmp_path / "a_ckpts/e2.ckpt", map_location="cpu", weights_only=False)
     b = torch.load(tmp_path / "b_ckpts/e2.ckpt", map_location="cpu", weights_only=False)
     assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH
@@ -145,27 +150,15 @@ def test_resume_from_epoch_end_checkpoint_is_bitwise_identical_to_uninterrupted_
 def test_resume_from_mid_epoch_checkpoint_is_bitwise_identical_to_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The device loader saves its epoch with the checkpoint and skips the batches already trained, so a
-    run resumed from a step inside an epoch sees the same batches, crops and flips as one never stopped."""
-    from models.cli import run
-
-    data = make_imagefolder(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=2)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """The device loader starts the first pass after a restore at the batch the epoch loop continues from,
+    so a run resumed from a step inside an epoch sees the batches, crops and flips of one never stopped."""
     common = [
         "--trainer.max_epochs", "3", "--run_test", "false",
         "--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "s{step}",
         "--checkpoint.every_n_train_steps", "1", "--model.mixup.alpha", "0.4", "--model.input_noise.std", "0.05",
     ]
     mid = STEPS_PER_EPOCH + 1  # epoch 1, one of its batches trained
-    try:
-        run(cli_args(data, tmp_path / "a", *common, "--checkpoint.dirpath", str(tmp_path / "a_ckpts")))
-        resume = ["--checkpoint.dirpath", str(tmp_path / "b_ckpts"), "--ckpt_path", str(tmp_path / f"a_ckpts/s{mid}.ckpt")]
-        run(cli_args(data, tmp_path / "b", *common, *resume))
-    finally:
-        torch.set_num_threads(threads)
+    _uninterrupted_then_resumed(tmp_path, monkeypatch, common, f"s{mid}.ckpt")
     end = 3 * STEPS_PER_EPOCH
     for step in (mid + 1, end):  # the first step after the resume, and the end of training
         a = torch.load(tmp_path / f"a_ckpts/s{step}.ckpt", map_location="cpu", weights_only=False)
