@@ -1,12 +1,12 @@
 """Fast batch augmentation and regularization for image classification (torch only).
 
 Batch ops take ``x: (B, C, H, W)`` on any device and dtype plus int labels ``(B,)`` or soft targets
-``(B, K)`` and return ``(x, targets)``; mixing ops return soft targets. Albumentations (``augment.cpu``)
+``(B, K)`` and return ``(x, targets)``; mixing ops return soft targets. Albumentations (``augment.data.transforms``)
 is imported lazily, and Lightning only by ``augment.data``, which this module does not import.
 """
 
 from augment.erasing import Cutout
-from augment.gpu import normalize, random_crop, random_crop_flip, random_flip, to_float_nchw
+from augment.crop import normalize, random_crop, random_crop_flip, random_flip, to_float_nchw
 from augment.mixing import CutMix, Mixup, MixupCutMix, cutmix_batch, mixup_batch
 from augment.noise import GaussianNoise
 from augment.pipeline import (

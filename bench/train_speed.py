@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torch.overrides import TorchFunctionMode
 
-from augment.datasets import CIFAR10_MEAN, CIFAR10_STD
+from augment.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 from augment.pipeline import build_batch_augment
-from augment.splits import stratified_subset
+from augment.data.splits import stratified_subset
 from models.backbones import create_model
 
 __all__ = [
@@ -154,7 +154,7 @@ def synthetic_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10_train(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 train split from a torchvision folder: uint8 (50000, 32, 32, 3), int64 (50000,)."""
-    from augment.datasets import load_dataset
+    from augment.data.datasets import load_dataset
 
     images, labels, _ = load_dataset("cifar10", root, "train")
     return images, labels

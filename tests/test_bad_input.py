@@ -224,7 +224,7 @@ def test_bad_input_gives_one_line_error_and_no_result(
 
 def test_truncated_dataset_cache_is_rebuilt_not_fatal(tmp_path: Path) -> None:
     """A cache file cut short by a crash is ignored (warning) and rebuilt from the images."""
-    from augment.datasets import CACHE_DIRNAME, load_dataset
+    from augment.data.datasets import CACHE_DIRNAME, load_dataset
 
     root = make_imagefolder(tmp_path / "data", num_classes=2, train_per_class=4, test_per_class=2)
     images, labels, names = load_dataset("imagefolder", root, "train")

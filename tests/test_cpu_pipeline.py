@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from augment.cpu import WorkerSeeder, eval_transform, train_transform
-from augment.loaders import ArrayDataset
+from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
+from augment.data.loaders import ArrayDataset
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 

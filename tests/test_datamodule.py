@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from augment.data import CIFARDataModule
-from augment.datasets import CIFAR10_MEAN, CIFAR100_STD, channel_stats, load_dataset
-from augment.loaders import DeviceBatchLoader
-from augment.splits import class_counts
+from augment.data.datasets import CIFAR10_MEAN, CIFAR100_STD, channel_stats, load_dataset
+from augment.data.loaders import DeviceBatchLoader
+from augment.data.splits import class_counts
 
 CLASSES = ("ant", "bee", "cat", "dog")
 

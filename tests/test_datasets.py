@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment import datasets
-from augment.datasets import (
+from augment.data import datasets
+from augment.data.datasets import (
     CACHE_DIRNAME,
     CIFAR10_CLASSES,
     CIFAR10_MEAN,

@@ -146,10 +146,10 @@ def test_augmentation_differs_across_epochs_and_workers_and_replays_from_seed(
 def test_worker_seeder_is_what_separates_the_workers(same_image_data: Path, tmp_path: Path, monkeypatch) -> None:
     """Control for the test above: without WorkerSeeder the two workers' first batches are identical,
     so the distinctness check really detects the seeding trap."""
-    import augment.data
+    import augment.data.datamodule
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(augment.data, "WorkerSeeder", lambda rank: None)
+    monkeypatch.setattr(augment.data.datamodule, "WorkerSeeder", lambda rank: None)
     monkeypatch.setattr(torch.utils.data, "DataLoader", NonPersistentDataLoader)
     epochs = _batches(same_image_data, tmp_path / "a", "--data.loader", "cpu", "--data.num_workers", "2")
     assert torch.equal(epochs[0][0], epochs[0][1])  # worker 0 and worker 1 drew the same crops and flips

@@ -60,7 +60,7 @@ def test_cpu_smoke_recipe_learns_cifar10(in_tmp_cwd: Path) -> None:
 
 def test_cifar100_datamodule_counts_and_batches() -> None:
     from augment.data import CIFARDataModule
-    from augment.datasets import CIFAR100_CLASSES
+    from augment.data.datasets import CIFAR100_CLASSES
 
     root = _root("CIFAR100_ROOT")
     data = CIFARDataModule(dataset="cifar100", root=str(root), val_size=5000, batch_size=256, loader="gpu")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from augment.splits import (
+from augment.data.splits import (
     bootstrap_indices,
     class_counts,
     out_of_bag_indices,

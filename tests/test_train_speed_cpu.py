@@ -104,7 +104,7 @@ def test_merge_repeats_keeps_one_warm_up_and_every_steady_epoch() -> None:
 
 
 def test_device_dataset_bytes_counts_each_uint8_store_once() -> None:
-    from augment.loaders import DeviceBatchLoader
+    from augment.data.loaders import DeviceBatchLoader
 
     images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
     loader = DeviceBatchLoader(images, torch.zeros(10, dtype=torch.int64), 4, (0.5,) * 3, (0.5,) * 3, train=True,

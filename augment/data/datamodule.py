@@ -14,10 +14,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from augment.cpu import WorkerSeeder, eval_transform, train_transform
-from augment.datasets import DATASETS, dataset_classes, dataset_stats, load_dataset
-from augment.loaders import ArrayDataset, DeviceBatchLoader
-from augment.splits import bootstrap_indices, stratified_kfold, stratified_split, stratified_subset
+from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
+from augment.data.datasets import DATASETS, dataset_classes, dataset_stats, load_dataset
+from augment.data.loaders import ArrayDataset, DeviceBatchLoader
+from augment.data.splits import bootstrap_indices, stratified_kfold, stratified_split, stratified_subset
 
 __all__ = ["CIFARDataModule", "LOADERS"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from augment.gpu import _as_nchw, _check_crop_args, shift_crop, to_normalized_float
+from augment.crop import _as_nchw, _check_crop_args, shift_crop, to_normalized_float
 
 __all__ = ["DeviceBatchLoader", "ArrayDataset", "shard_indices"]
 

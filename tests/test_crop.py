@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from augment.gpu import (
+from augment.crop import (
     normalize,
     random_crop,
     random_crop_flip,
@@ -13,7 +13,7 @@ from augment.gpu import (
     to_float_nchw,
     to_normalized_float,
 )
-from augment.loaders import DeviceBatchLoader, shard_indices
+from augment.data.loaders import DeviceBatchLoader, shard_indices
 
 PAD = 4
 
@@ -256,14 +256,19 @@ def test_loader_errors():
     assert len(_loader(padding=8, train=False)[0]) == 7  # eval loaders never crop: no constraint
 
 
-def test_library_modules_import_without_lightning_or_albumentations():
+def test_library_imports_torch_only_and_data_imports_albumentations_lazily():
+    """``import augment`` pulls in no Lightning, timm, torchvision, Pillow or albumentations; the data
+    subpackage imports Lightning (its DataModule) but albumentations only when a worker pipeline is built."""
     import subprocess
     import sys
 
+    heavy = "('pytorch_lightning', 'lightning', 'albumentations', 'timm', 'torchvision', 'PIL')"
     code = (
-        "import sys, augment.gpu, augment.cpu, augment.datasets, augment.splits, augment.loaders; "
-        "bad = [m for m in ('pytorch_lightning', 'lightning', 'albumentations') if m in sys.modules]; "
-        "assert not bad, bad"
+        "import sys, augment; "
+        "import augment.crop, augment.mixing, augment.erasing, augment.noise, augment.pipeline, augment.targets; "
+        f"bad = [m for m in {heavy} if m in sys.modules]; assert not bad, bad; "
+        "import augment.data; assert 'pytorch_lightning' in sys.modules; "
+        "assert 'albumentations' not in sys.modules, 'albumentations imported eagerly'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
 
