@@ -1,11 +1,15 @@
 """Fast batch augmentation and regularization for image classification (torch only).
 
 Batch ops take ``x: (B, C, H, W)`` on any device and dtype plus int labels ``(B,)`` or soft targets
-``(B, K)`` and return ``(x, targets)``; mixing ops return soft targets. Albumentations (``augment.data.transforms``)
-is imported lazily, and Lightning only by ``augment.data``, which this module does not import.
+``(B, K)`` and return ``(x, targets)``. A pipeline (``Compose`` / ``build_batch_augment``) that knows
+``num_classes`` always returns soft targets ``(B, K)``; ``soft_target_cross_entropy`` takes either kind.
+This package needs torch alone; the CIFAR data pipeline of the training app lives in ``augment.data``
+(numpy, Pillow, Lightning, albumentations), which this module does not import.
 """
 
+from augment.checks import CheckError
 from augment.erasing import Cutout
+from augment.losses import binary_cross_entropy, bce_targets, soft_target_cross_entropy
 from augment.crop import normalize, random_crop, random_crop_flip, random_flip, to_float_nchw
 from augment.mixing import CutMix, Mixup, MixupCutMix, cutmix_batch, mixup_batch
 from augment.noise import GaussianNoise
@@ -39,6 +43,10 @@ __all__ = [
     "CutoutConfig",
     "NoiseConfig",
     "build_batch_augment",
+    "soft_target_cross_entropy",
+    "binary_cross_entropy",
+    "bce_targets",
+    "CheckError",
     "random_crop",
     "random_flip",
     "random_crop_flip",

@@ -53,13 +53,18 @@ def is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _num(value: float) -> str:
+    """1.0 -> '1', 0.25 -> '0.25'."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _bounds_rule(kind: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"{kind}in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return f"{kind}in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{kind}{'>' if low_open else '>='} {low}"
+        return f"{kind}{'>' if low_open else '>='} {_num(low)}"
     if high is not None:
-        return f"{kind}{'<' if high_open else '<='} {high}"
+        return f"{kind}{'<' if high_open else '<='} {_num(high)}"
     return kind.strip() or "a number"
 
 

@@ -17,8 +17,11 @@ from collections.abc import Sequence
 
 import torch
 
+from .checks import CheckError, check_choice, check_int, check_probability, require
+
 __all__ = [
     "CROP_MODES",
+    "check_crop_args",
     "shift_crop",
     "random_crop",
     "random_flip",
@@ -43,13 +46,12 @@ def _check_batch(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be a 4-D batch (B, C, H, W), got shape {tuple(x.shape)}")
 
 
-def _check_crop_args(padding: int, mode: str, height: int, width: int) -> None:
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    if mode not in CROP_MODES:
-        raise ValueError(f"mode must be one of {', '.join(CROP_MODES)}, got {mode!r}")
-    if mode == "reflect" and padding >= min(height, width):
-        raise ValueError(f"padding must be < the image size {min(height, width)} for reflect mode, got {padding}")
+def check_crop_args(padding: int, mode: str, height: int, width: int) -> None:
+    """padding an int >= 0 (below the image size for reflect), mode one of CROP_MODES."""
+    check_int("padding", padding, low=0)
+    check_choice("mode", mode, CROP_MODES)
+    if mode == "reflect":
+        require(padding < min(height, width), "padding", f"< the image size {min(height, width)} for reflect mode", padding)
 
 
 def _randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -96,7 +98,7 @@ def shift_crop(
     """
     _check_batch(x)
     b, c, h, w = x.shape
-    _check_crop_args(padding, mode, h, w)
+    check_crop_args(padding, mode, h, w)
     fmt = _memory_format(x)
     dev = x.device
     rows = torch.arange(h, device=dev) + (top.to(dev).view(b, 1) - padding)  # (B, H)
@@ -123,7 +125,7 @@ def random_crop(
 ) -> torch.Tensor:
     """Pad each image of ``x`` (B, C, H, W) by ``padding`` and crop back to (H, W) at a random offset per sample."""
     _check_batch(x)
-    _check_crop_args(padding, mode, x.shape[2], x.shape[3])
+    check_crop_args(padding, mode, x.shape[2], x.shape[3])
     n = 2 * padding + 1
     top = _randint(n, x.shape[0], generator, x.device)
     left = _randint(n, x.shape[0], generator, x.device)
@@ -133,8 +135,7 @@ def random_crop(
 def random_flip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image of ``x`` (B, C, H, W) left-right with probability ``p``, independently per sample."""
     _check_batch(x)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
+    check_probability("p", p)
     mask = _bernoulli(p, x.shape[0], generator, x.device).view(-1, 1, 1, 1)
     return torch.where(mask, x.flip(3), x).contiguous(memory_format=_memory_format(x))
 
@@ -149,9 +150,8 @@ def random_crop_flip(
 ) -> torch.Tensor:
     """Random pad-crop and random left-right flip of ``x`` (B, C, H, W) fused into one gather."""
     _check_batch(x)
-    _check_crop_args(padding, mode, x.shape[2], x.shape[3])
-    if not 0.0 <= flip_p <= 1.0:
-        raise ValueError(f"flip_p must be in [0, 1], got {flip_p}")
+    check_crop_args(padding, mode, x.shape[2], x.shape[3])
+    check_probability("flip_p", flip_p)
     b, n = x.shape[0], 2 * padding + 1
     top = _randint(n, b, generator, x.device)
     left = _randint(n, b, generator, x.device)
@@ -192,7 +192,7 @@ def _as_nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
         return x.permute(0, 3, 1, 2)
     if layout == "nchw":
         return x
-    raise ValueError(f"layout must be one of auto, nhwc, nchw, got {layout!r}")
+    raise CheckError("layout", "one of auto, nhwc, nchw", layout)
 
 
 def to_float_nchw(

@@ -12,9 +12,9 @@ import math
 import torch
 
 from .mixing import box_indicators, centered_boxes, to_device
-from .targets import check_probability
+from .checks import check_int, check_probability, check_real, is_real, require
 
-__all__ = ["Cutout", "hole_side", "holes_mask"]
+__all__ = ["Cutout", "hole_side", "holes_mask", "check_hole_size"]
 
 
 def hole_side(size: int | float, height: int, width: int) -> int:
@@ -24,14 +24,12 @@ def hole_side(size: int | float, height: int, width: int) -> int:
     return int(size)
 
 
-def _check_size(size: int | float) -> int | float:
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not size >= 0:
-        raise ValueError(f"size must be >= 0 (int pixels or float fraction in (0, 1]), got {size!r}")
-    if isinstance(size, float) and size > 1.0:
-        if not size.is_integer():
-            raise ValueError(f"size must be int pixels or a float fraction in (0, 1], got {size!r}")
-        return int(size)  # 16.0 from a float-typed config field means 16 pixels
-    return size
+def check_hole_size(field: str, size: int | float) -> int | float:
+    """Int pixels >= 0 or a float fraction in (0, 1]; a whole float > 1 (16.0 from YAML) means pixels."""
+    fraction_or_whole = not isinstance(size, float) or size <= 1.0 or size.is_integer()
+    ok = is_real(size) and size >= 0 and math.isfinite(size) and fraction_or_whole
+    require(ok, field, ">= 0 (int pixels or float fraction in (0, 1])", size)
+    return int(size) if isinstance(size, float) and size > 1.0 else size
 
 
 class Cutout:
@@ -55,13 +53,9 @@ class Cutout:
         p: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> None:
-        if isinstance(n_holes, bool) or not isinstance(n_holes, int) or n_holes < 0:
-            raise ValueError(f"n_holes must be an int >= 0, got {n_holes!r}")
-        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
-            raise ValueError(f"fill must be a finite number, got {fill!r}")
-        self.n_holes = n_holes
-        self.size = _check_size(size)
-        self.fill = float(fill)
+        self.n_holes = check_int("n_holes", n_holes, low=0)
+        self.size = check_hole_size("size", size)
+        self.fill = check_real("fill", fill)
         self.p = check_probability("p", p)
         self.generator = generator
 

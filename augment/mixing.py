@@ -28,7 +28,8 @@ import math
 
 import torch
 
-from .targets import check_probability, to_soft
+from .checks import check_bool, check_choice, check_int, check_probability, check_real
+from .targets import to_soft
 
 __all__ = [
     "Box",
@@ -174,16 +175,6 @@ def cutmix_batch(
     return out, mix_targets(y_soft, lam, perm)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_alpha(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
-
-
 class MixupCutMix:
     """Mixup or CutMix chosen per batch or per sample; callable ``(x, y) -> (x_mixed, soft targets (B, K))``.
 
@@ -193,7 +184,7 @@ class MixupCutMix:
         prob: probability of mixing at all, per batch or per sample (an unmixed sample keeps lambda 1).
         per_sample: one lambda / op / box per sample instead of one per batch.
         correct_lam: CutMix target weight = exact kept-pixel fraction after clipping the box.
-        label_smoothing: smoothing of int labels before mixing (soft targets are used as given).
+        label_smoothing: smoothing of the targets before mixing (int labels and soft targets alike).
         num_classes: needed for int labels ``y: (B,)``.
         pairing: "roll", "flip" or "random" partner choice (see module docstring).
         validate: label range check: True always, False never, None only for CPU labels (no sync).
@@ -218,19 +209,18 @@ class MixupCutMix:
         validate: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.mixup_alpha = _check_alpha("mixup_alpha", mixup_alpha)
-        self.cutmix_alpha = _check_alpha("cutmix_alpha", cutmix_alpha)
+        self.mixup_alpha = check_real("mixup_alpha", mixup_alpha, low=0)
+        self.cutmix_alpha = check_real("cutmix_alpha", cutmix_alpha, low=0)
         if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
             raise ValueError(f"mixup_alpha or cutmix_alpha must be > 0, got {mixup_alpha} and {cutmix_alpha}")
         self.switch_prob = check_probability("switch_prob", switch_prob)
         self.prob = check_probability("prob", prob)
         self.label_smoothing = check_probability("label_smoothing", label_smoothing)
-        if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
-            raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
-        if pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-        self.per_sample = bool(per_sample)
-        self.correct_lam = bool(correct_lam)
+        if num_classes is not None:
+            check_int("num_classes", num_classes, low=1)
+        check_choice("pairing", pairing, PAIRINGS)
+        self.per_sample = check_bool("per_sample", per_sample)
+        self.correct_lam = check_bool("correct_lam", correct_lam)
         self.num_classes = num_classes
         self.pairing = pairing
         self.validate = validate
@@ -358,12 +348,6 @@ def box_weight(boxes: torch.Tensor, outside: torch.Tensor, height: int, width: i
     return weight.add_(lam)
 
 
-def _check_positive_alpha(alpha: float) -> None:
-    """Mixup and CutMix alone need a Beta(alpha, alpha) with alpha > 0 (0 would mean the op is off)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}")
-
-
 class Mixup(MixupCutMix):
     """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]``, lam ~ Beta(alpha, alpha), alpha > 0."""
 
@@ -378,7 +362,7 @@ class Mixup(MixupCutMix):
         validate: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        _check_positive_alpha(alpha)
+        check_real("alpha", alpha, low=0, low_open=True)  # alone, 0 would mean the op is off
         super().__init__(
             alpha, 0.0, 0.0, prob, per_sample, True, label_smoothing, num_classes, pairing, validate, generator
         )
@@ -399,7 +383,7 @@ class CutMix(MixupCutMix):
         validate: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        _check_positive_alpha(alpha)
+        check_real("alpha", alpha, low=0, low_open=True)  # alone, 0 would mean the op is off
         super().__init__(
             0.0, alpha, 1.0, prob, per_sample, correct_lam, label_smoothing, num_classes, pairing, validate, generator
         )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Sequence
+
 import torch
 
 from .mixing import to_device
-from .targets import check_probability
+from .checks import check_probability, check_real, is_real, require
 
-__all__ = ["GaussianNoise", "device_generator"]
+__all__ = ["GaussianNoise", "device_generator", "check_clamp"]
 
 
 def device_generator(
@@ -36,6 +38,15 @@ def device_generator(
     return derived.manual_seed(seed)
 
 
+def check_clamp(field: str, clamp: Sequence[float] | None) -> tuple[float, float] | None:
+    """None, or (low, high) finite numbers with low < high."""
+    if clamp is None:
+        return None
+    ok = isinstance(clamp, Sequence) and len(clamp) == 2 and all(is_real(v) and math.isfinite(v) for v in clamp)
+    require(ok and clamp[0] < clamp[1], field, "null or [low, high] with low < high", clamp)
+    return float(clamp[0]), float(clamp[1])
+
+
 class GaussianNoise:
     """``x + std * N(0, 1)`` on a random subset of images; ``(x, y) -> (x_noisy, y)``, x: (B, C, H, W).
 
@@ -55,15 +66,9 @@ class GaussianNoise:
         clamp: tuple[float, float] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        if isinstance(std, bool) or not isinstance(std, (int, float)) or not (std >= 0 and math.isfinite(std)):
-            raise ValueError(f"std must be a finite number >= 0, got {std!r}")
-        if clamp is not None:
-            if len(clamp) != 2 or not float(clamp[0]) < float(clamp[1]):
-                raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp!r}")
-            clamp = (float(clamp[0]), float(clamp[1]))
-        self.std = float(std)
+        self.std = check_real("std", std, low=0)
         self.p = check_probability("p", p)
-        self.clamp = clamp
+        self.clamp = check_clamp("clamp", clamp)
         self.generator = generator
         self._derived: dict[torch.device, torch.Generator] = {}
 

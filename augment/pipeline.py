@@ -4,21 +4,26 @@ Papers: Cutout (DeVries & Taylor 2017), mixup (Zhang et al. 2018), CutMix (Yun e
 input noise (Bishop 1995); see the op modules. The config mirrors the YAML keys in
 docs/architecture.md: ``{"mixup": {...}, "cutmix": {...}, "mixing": {...}, "cutout": {...},
 "input_noise": {...}}``; each value is a dict, the matching dataclass, or None (defaults, i.e. off).
+
+Target contract: a pipeline that knows ``num_classes`` returns soft targets ``(B, K)`` in every case
+(mixing on or off, after ``stop_epoch``, Cutout or noise only, no op at all), with label smoothing
+applied once, to int labels and to soft input targets alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from .erasing import Cutout
+from .checks import CheckError, check_bool, check_int, check_probability, check_real, field_prefix, is_int, require
+from .erasing import Cutout, check_hole_size
 from .mixing import MixupCutMix
-from .noise import GaussianNoise
+from .noise import GaussianNoise, check_clamp
+from .targets import to_soft
 
 __all__ = [
     "Compose",
@@ -28,26 +33,10 @@ __all__ = [
     "CutoutConfig",
     "NoiseConfig",
     "build_batch_augment",
+    "as_config",
 ]
 
 BatchOp = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _require(ok: bool, field: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"{field} must be {rule}, got {value!r}")
-
-
-def _check_unit(field: str, value: Any) -> None:
-    _require(_is_number(value) and 0.0 <= value <= 1.0, field, "in [0, 1]", value)
 
 
 @dataclass
@@ -57,7 +46,7 @@ class MixupConfig:
     alpha: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(_is_number(self.alpha) and self.alpha >= 0, "mixup.alpha", ">= 0", self.alpha)
+        self.alpha = check_real("alpha", self.alpha, low=0)
 
 
 @dataclass
@@ -68,8 +57,8 @@ class CutMixConfig:
     correct_lam: bool = True
 
     def __post_init__(self) -> None:
-        _require(_is_number(self.alpha) and self.alpha >= 0, "cutmix.alpha", ">= 0", self.alpha)
-        _require(isinstance(self.correct_lam, bool), "cutmix.correct_lam", "a bool", self.correct_lam)
+        self.alpha = check_real("alpha", self.alpha, low=0)
+        check_bool("correct_lam", self.correct_lam)
 
 
 @dataclass
@@ -82,11 +71,11 @@ class MixingConfig:
     stop_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        _check_unit("mixing.prob", self.prob)
-        _check_unit("mixing.switch_prob", self.switch_prob)
-        _require(isinstance(self.per_sample, bool), "mixing.per_sample", "a bool", self.per_sample)
-        ok = self.stop_epoch is None or (_is_int(self.stop_epoch) and self.stop_epoch >= 0)
-        _require(ok, "mixing.stop_epoch", "None or an int >= 0", self.stop_epoch)
+        check_probability("prob", self.prob)
+        check_probability("switch_prob", self.switch_prob)
+        check_bool("per_sample", self.per_sample)
+        ok = self.stop_epoch is None or (is_int(self.stop_epoch) and self.stop_epoch >= 0)
+        require(ok, "stop_epoch", "null or an int >= 0", self.stop_epoch)
 
 
 @dataclass
@@ -99,13 +88,10 @@ class CutoutConfig:
     p: float = 1.0
 
     def __post_init__(self) -> None:
-        ok = _is_int(self.n_holes) and self.n_holes >= 0
-        _require(ok, "cutout.n_holes", "an int >= 0", self.n_holes)
-        fraction_or_whole = not isinstance(self.size, float) or self.size <= 1 or self.size.is_integer()
-        ok = _is_number(self.size) and self.size >= 0 and fraction_or_whole
-        _require(ok, "cutout.size", ">= 0 (int pixels or float fraction in (0, 1])", self.size)
-        _require(_is_number(self.fill) and math.isfinite(self.fill), "cutout.fill", "a finite number", self.fill)
-        _check_unit("cutout.p", self.p)
+        check_int("n_holes", self.n_holes, low=0)
+        check_hole_size("size", self.size)
+        check_real("fill", self.fill)
+        check_probability("p", self.p)
 
 
 @dataclass
@@ -117,14 +103,9 @@ class NoiseConfig:
     clamp: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        ok = _is_number(self.std) and self.std >= 0 and math.isfinite(self.std)
-        _require(ok, "input_noise.std", "a finite number >= 0", self.std)
-        _check_unit("input_noise.p", self.p)
-        if self.clamp is not None:
-            ok = isinstance(self.clamp, Sequence) and len(self.clamp) == 2 and all(map(_is_number, self.clamp))
-            ok = ok and self.clamp[0] < self.clamp[1]
-            _require(ok, "input_noise.clamp", "null or [low, high] with low < high", self.clamp)
-            self.clamp = (float(self.clamp[0]), float(self.clamp[1]))
+        check_real("std", self.std, low=0)
+        check_probability("p", self.p)
+        self.clamp = check_clamp("clamp", self.clamp)
 
 
 SECTIONS: dict[str, type] = {
@@ -135,18 +116,51 @@ SECTIONS: dict[str, type] = {
     "input_noise": NoiseConfig,
 }
 
+ConfigT = TypeVar("ConfigT")
+
+
+def as_config(cls: type[ConfigT], value: Any, field: str) -> ConfigT:
+    """A config dataclass from an instance, a mapping of its fields or None (defaults).
+
+    Errors name ``field`` before the dataclass's own field (``model.mixup.alpha``).
+    """
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    require(isinstance(value, Mapping), field, f"a mapping of {cls.__name__} fields", value)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise CheckError(f"{field} keys", f"among {allowed}", f"{field}.{unknown[0]}")
+    with field_prefix(field):
+        return cls(**value)
+
 
 class Compose:
-    """Apply batch ops in order: ``(x, y) -> (x, y)``.
+    """Apply batch ops in order: ``(x, y) -> (x, targets)``.
 
-    ``mixes``: whether the pipeline holds a mixing op (targets become soft (B, K)).
-    ``stop_epoch``: mixing ops are skipped from this epoch on (call ``set_epoch`` each epoch); targets
-    then stay as given (int labels), see ``mixing_active``.
+    Args:
+        ops: callables ``(x, y) -> (x, y)``; an op with ``mixes = True`` makes soft targets.
+        stop_epoch: mixing ops are skipped from this epoch on (call ``set_epoch`` each epoch).
+        num_classes: when given, targets always come back soft ``(B, num_classes)``: int labels become
+            one-hot before the first op, soft input targets are kept; without it targets pass through
+            as the ops return them (int labels stay int while no mixing op runs).
+        label_smoothing: applied once to the targets before the first op (needs ``num_classes``).
     """
 
-    def __init__(self, ops: Sequence[BatchOp], stop_epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        ops: Sequence[BatchOp],
+        stop_epoch: int | None = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
         self.ops = list(ops)
         self.stop_epoch = stop_epoch
+        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=1)
+        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
+        require(num_classes is not None or self.label_smoothing == 0, "num_classes", "given for label smoothing", None)
         self.epoch = 0
 
     @property
@@ -163,7 +177,15 @@ class Compose:
         """Tell the pipeline the current (0-based) epoch, for ``stop_epoch``."""
         self.epoch = int(epoch)
 
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        """Draw every op's randomness from ``generator`` from now on (e.g. one on the model's device)."""
+        for op in self.ops:
+            if hasattr(op, "generator"):
+                op.generator = generator
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.num_classes is not None:
+            y = to_soft(y, self.num_classes, self.label_smoothing, validate=None)
         active = self.mixing_active
         for op in self.ops:
             if getattr(op, "mixes", False) and not active:
@@ -176,23 +198,10 @@ class Compose:
 
     def __repr__(self) -> str:
         inner = ", ".join(map(repr, self.ops))
-        return f"Compose([{inner}], stop_epoch={self.stop_epoch})"
-
-
-def _section(config: Mapping[str, Any], key: str) -> Any:
-    cls = SECTIONS[key]
-    value = config.get(key)
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{key} must be a mapping or {cls.__name__}, got {value!r}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ValueError(f"{key} keys must be among {allowed}, got unknown key {key}.{unknown[0]}")
-    return cls(**value)
+        return (
+            f"Compose([{inner}], stop_epoch={self.stop_epoch}, num_classes={self.num_classes}, "
+            f"label_smoothing={self.label_smoothing})"
+        )
 
 
 def build_batch_augment(
@@ -200,21 +209,18 @@ def build_batch_augment(
     num_classes: int,
     label_smoothing: float = 0.0,
     generator: torch.Generator | None = None,
-) -> Compose | None:
-    """Build Cutout -> Mixup/CutMix -> noise from ``config``; None when every op is off.
+) -> Compose:
+    """Build Cutout -> Mixup/CutMix -> noise from ``config`` (None: every op off).
 
-    ``label_smoothing`` goes into the mixed targets (only when mixing is on; otherwise the model's
-    loss applies it to the int labels).
+    The result returns soft targets ``(B, num_classes)`` with ``label_smoothing`` applied, also when
+    it holds no op (``len(pipeline) == 0``).
     """
-    _check_unit("label_smoothing", label_smoothing)
-    if config is None:
-        return None
-    if not isinstance(config, Mapping):
-        raise ValueError(f"batch augment config must be a mapping, got {config!r}")
+    config = {} if config is None else config
+    require(isinstance(config, Mapping), "config", "a mapping of " + ", ".join(SECTIONS), config)
     unknown = sorted(set(config) - set(SECTIONS))
     if unknown:
-        raise ValueError(f"batch augment keys must be among {list(SECTIONS)}, got unknown key {unknown[0]!r}")
-    mixup, cutmix, mixing, cutout, noise = (_section(config, key) for key in SECTIONS)
+        raise CheckError("config keys", f"among {list(SECTIONS)}", unknown[0])
+    mixup, cutmix, mixing, cutout, noise = (as_config(SECTIONS[key], config.get(key), key) for key in SECTIONS)
 
     ops: list[BatchOp] = []
     if cutout.n_holes > 0 and cutout.size > 0 and cutout.p > 0:
@@ -228,13 +234,10 @@ def build_batch_augment(
                 prob=mixing.prob,
                 per_sample=mixing.per_sample,
                 correct_lam=cutmix.correct_lam,
-                label_smoothing=label_smoothing,
                 num_classes=num_classes,
                 generator=generator,
             )
         )
     if noise.std > 0 and noise.p > 0:
         ops.append(GaussianNoise(noise.std, noise.p, noise.clamp, generator=generator))
-    if not ops:
-        return None
-    return Compose(ops, stop_epoch=mixing.stop_epoch)
+    return Compose(ops, stop_epoch=mixing.stop_epoch, num_classes=num_classes, label_smoothing=label_smoothing)

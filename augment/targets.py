@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_int, check_probability
+
 __all__ = ["one_hot", "smooth", "to_soft", "check_labels", "check_probability"]
-
-
-def check_probability(name: str, value: float) -> float:
-    """Return ``value`` as a float if it lies in [0, 1], else raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return float(value)
 
 
 def _require_num_classes(y: torch.Tensor, num_classes: int | None) -> int:
@@ -30,9 +25,7 @@ def _require_num_classes(y: torch.Tensor, num_classes: int | None) -> int:
         raise ValueError(
             f"num_classes must be given for integer labels, got num_classes=None for labels of dtype {y.dtype}"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    return num_classes
+    return check_int("num_classes", num_classes, low=1)
 
 
 def check_labels(y: torch.Tensor, num_classes: int | None) -> None:
@@ -89,14 +82,14 @@ def smooth(y: torch.Tensor, num_classes: int | None, smoothing: float) -> torch.
 def to_soft(
     y: torch.Tensor, num_classes: int | None, smoothing: float = 0.0, validate: bool | None = True
 ) -> torch.Tensor:
-    """Targets as ``(B, K)`` float: int labels -> smoothed one-hot; soft targets are returned as is.
+    """Targets as ``(B, K)`` float: int labels -> smoothed one-hot; soft targets smoothed the same way
+    (``y * (1 - smoothing) + smoothing / K``; returned as is when ``smoothing`` is 0).
 
     ``validate``: True checks the label range (device sync on accelerators), False skips it,
     None checks only when ``y`` is on the CPU. A missing ``num_classes`` for int labels always raises.
     """
     if y.is_floating_point():
-        check_labels(y, num_classes)
-        return y
+        return smooth(y, num_classes, smoothing)
     _require_num_classes(y, num_classes)
     if validate or (validate is None and y.device.type == "cpu"):
         check_labels(y, num_classes)

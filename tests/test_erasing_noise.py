@@ -95,7 +95,7 @@ def test_dtype_and_channels_last_preserved(dtype):
         (lambda: Cutout(size=-2), r"size must be >= 0.*got -2"),
         (lambda: Cutout(size=2.5), r"size must be .*got 2.5"),
         (lambda: Cutout(p=1.5), r"p must be in \[0, 1\], got 1.5"),
-        (lambda: GaussianNoise(std=-0.1), r"std must be a finite number >= 0, got -0.1"),
+        (lambda: GaussianNoise(std=-0.1), r"std must be >= 0, got -0.1"),
         (lambda: GaussianNoise(0.1, p=-1), r"p must be in \[0, 1\]"),
         (lambda: GaussianNoise(0.1, clamp=(1.0, 0.0)), r"clamp must be"),
     ],

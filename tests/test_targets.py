@@ -34,9 +34,10 @@ def test_smooth_soft_targets_moves_toward_uniform():
     torch.testing.assert_close(out, torch.tensor([[0.45, 0.45, 0.05, 0.05]]))
 
 
-def test_to_soft_keeps_soft_targets_and_smooths_int_labels():
+def test_to_soft_smooths_soft_targets_and_int_labels_alike():
     soft = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
-    assert to_soft(soft, 2, smoothing=0.1) is soft
+    assert to_soft(soft, 2, smoothing=0.0) is soft
+    torch.testing.assert_close(to_soft(soft, 2, smoothing=0.1), torch.tensor([[0.275, 0.725], [0.95, 0.05]]))
     torch.testing.assert_close(to_soft(torch.tensor([1]), 2, 0.1), torch.tensor([[0.05, 0.95]]))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from augment.crop import _as_nchw, _check_crop_args, shift_crop, to_normalized_float
+from augment.crop import _as_nchw, check_crop_args, shift_crop, to_normalized_float
 
 __all__ = ["DeviceBatchLoader", "ArrayDataset", "shard_indices"]
 
@@ -109,7 +109,7 @@ class DeviceBatchLoader:
         self.resume_offset = resume_offset
         self._iter_epoch = -1  # the epoch of the pass in progress (saved in checkpoints)
         if train:  # eval batches are never cropped
-            _check_crop_args(padding, mode, self.images.shape[2], self.images.shape[3])
+            check_crop_args(padding, mode, self.images.shape[2], self.images.shape[3])
 
     @property
     def num_samples(self) -> int:
