@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .checks import CheckError, check_bool, check_int, check_probability, check_real, field_prefix, is_int, require
+from .checks import check_bool, check_int, check_probability, check_real, field_prefix, is_int, require
 from .erasing import Cutout, check_hole_size
 from .mixing import MixupCutMix
 from .noise import GaussianNoise, check_clamp
@@ -46,7 +46,8 @@ class MixupConfig:
     alpha: float = 0.0
 
     def __post_init__(self) -> None:
-        self.alpha = check_real("alpha", self.alpha, low=0)
+        with field_prefix("mixup"):
+            self.alpha = check_real("alpha", self.alpha, low=0)
 
 
 @dataclass
@@ -57,8 +58,9 @@ class CutMixConfig:
     correct_lam: bool = True
 
     def __post_init__(self) -> None:
-        self.alpha = check_real("alpha", self.alpha, low=0)
-        check_bool("correct_lam", self.correct_lam)
+        with field_prefix("cutmix"):
+            self.alpha = check_real("alpha", self.alpha, low=0)
+            check_bool("correct_lam", self.correct_lam)
 
 
 @dataclass
@@ -71,11 +73,12 @@ class MixingConfig:
     stop_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        check_probability("prob", self.prob)
-        check_probability("switch_prob", self.switch_prob)
-        check_bool("per_sample", self.per_sample)
-        ok = self.stop_epoch is None or (is_int(self.stop_epoch) and self.stop_epoch >= 0)
-        require(ok, "stop_epoch", "null or an int >= 0", self.stop_epoch)
+        with field_prefix("mixing"):
+            check_probability("prob", self.prob)
+            check_probability("switch_prob", self.switch_prob)
+            check_bool("per_sample", self.per_sample)
+            ok = self.stop_epoch is None or (is_int(self.stop_epoch) and self.stop_epoch >= 0)
+            require(ok, "stop_epoch", "null or an int >= 0", self.stop_epoch)
 
 
 @dataclass
@@ -88,10 +91,11 @@ class CutoutConfig:
     p: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("n_holes", self.n_holes, low=0)
-        check_hole_size("size", self.size)
-        check_real("fill", self.fill)
-        check_probability("p", self.p)
+        with field_prefix("cutout"):
+            check_int("n_holes", self.n_holes, low=0)
+            check_hole_size("size", self.size)
+            check_real("fill", self.fill)
+            check_probability("p", self.p)
 
 
 @dataclass
@@ -103,9 +107,10 @@ class NoiseConfig:
     clamp: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        check_real("std", self.std, low=0)
-        check_probability("p", self.p)
-        self.clamp = check_clamp("clamp", self.clamp)
+        with field_prefix("input_noise"):
+            check_real("std", self.std, low=0)
+            check_probability("p", self.p)
+            self.clamp = check_clamp("clamp", self.clamp)
 
 
 SECTIONS: dict[str, type] = {
@@ -122,7 +127,8 @@ ConfigT = TypeVar("ConfigT")
 def as_config(cls: type[ConfigT], value: Any, field: str) -> ConfigT:
     """A config dataclass from an instance, a mapping of its fields or None (defaults).
 
-    Errors name ``field`` before the dataclass's own field (``model.mixup.alpha``).
+    ``field`` is the section's path (``model.mixup``); the dataclass names its own section
+    (``mixup.alpha``), and errors come out under ``field`` (``model.mixup.alpha``).
     """
     if value is None:
         return cls()
@@ -132,8 +138,11 @@ def as_config(cls: type[ConfigT], value: Any, field: str) -> ConfigT:
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(allowed))
     if unknown:
-        raise CheckError(f"{field} keys", f"among {allowed}", f"{field}.{unknown[0]}")
-    with field_prefix(field):
+        raise ValueError(f"{field} keys must be among {allowed}, got unknown key {field}.{unknown[0]}")
+    outer = field.rpartition(".")[0]
+    if not outer:
+        return cls(**value)
+    with field_prefix(outer):
         return cls(**value)
 
 
@@ -219,7 +228,7 @@ def build_batch_augment(
     require(isinstance(config, Mapping), "config", "a mapping of " + ", ".join(SECTIONS), config)
     unknown = sorted(set(config) - set(SECTIONS))
     if unknown:
-        raise CheckError("config keys", f"among {list(SECTIONS)}", unknown[0])
+        raise ValueError(f"config keys must be among {list(SECTIONS)}, got unknown key {unknown[0]!r}")
     mixup, cutmix, mixing, cutout, noise = (as_config(SECTIONS[key], config.get(key), key) for key in SECTIONS)
 
     ops: list[BatchOp] = []

@@ -4,8 +4,8 @@ optimizer + per-step schedule, weight EMA and flip test-time augmentation.
 One training step: `x: (B, C, H, W)` float, normalized, `y: (B,)` int64 -> Cutout -> Mixup/CutMix
 -> input noise (`augment.pipeline.build_batch_augment`, seeded per run) -> backbone -> loss.
 
-- Loss: soft targets `(B, K)` (mixing on; label smoothing already inside them) ->
-  `-(soft * log_softmax(logits)).sum(1).mean()`; int labels -> `F.cross_entropy(..., label_smoothing)`.
+- Loss: the pipeline always returns soft targets `(B, K)` with label smoothing inside ->
+  `augment.soft_target_cross_entropy`.
 - Metrics (torchmetrics, epoch-level, synced across ranks): `train/loss`, `train/acc`, `train/acc5`,
   `val/...`, `test/...`. train/acc is measured on the augmented inputs against the original labels.
   val/test loss is plain cross-entropy (no smoothing) of the evaluated (EMA, TTA) predictions.
@@ -17,6 +17,13 @@ One training step: `x: (B, C, H, W)` float, normalized, `y: (B,)` int64 -> Cutou
 - `tta_flip`: validation and test average the softmax of `x` and `x.flip(3)`.
 - Checkpoints also hold the batch-augmentation generator state, so a resumed run draws the same
   Mixup/CutMix/Cutout/noise randomness as an uninterrupted one.
+- SAM / ASAM (`optimizer.sam`): `models.sam.SAM` calls Lightning's step closure twice. The second
+  call reuses the first call's augmented batch, updates no metrics and leaves BatchNorm running
+  statistics as the first call left them; Lightning clips gradients (and calls
+  `on_before_optimizer_step`, where `WeightNoise` restores clean weights) after each call, so the
+  perturbation comes from the clipped gradient at the noisy point and the update from the clipped
+  gradient at w + e(w). `train/loss` is the first call's loss; the step output's `loss` (read by
+  callbacks) is the second's. Needs `accumulate_grad_batches` 1 and a precision other than 16-mixed.
 """
 
 from __future__ import annotations
@@ -24,19 +31,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytorch_lightning as pl
 import timm
 import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from augment.checks import check_bool, check_int, check_real, require
+from augment.losses import soft_target_cross_entropy
 from augment.pipeline import (
     Compose,
     CutMixConfig,
@@ -44,21 +54,21 @@ from augment.pipeline import (
     MixingConfig,
     MixupConfig,
     NoiseConfig,
+    as_config,
     build_batch_augment,
 )
 from models.backbones import create_model
+from models.cifar_adapt import resolve_cifar_stem
 from models.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, param_groups
+from models.sam import SAM, preserve_bn_stats
 
 __all__ = ["CifarClassifier", "soft_cross_entropy", "flip_tta_log_probs"]
 
 RNG_STATE_KEY = "batch_augment_rng_state"
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads nearby seeds / ranks apart
-ConfigT = TypeVar("ConfigT")
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of `-(targets * log_softmax(logits)).sum(1)`; logits, targets: (B, K)."""
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+soft_cross_entropy = soft_target_cross_entropy  # the name this module exported before augment had it
 
 
 def flip_tta_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -67,41 +77,14 @@ def flip_tta_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(both, dim=0) - math.log(2.0)
 
 
-def _as_config(cls: type[ConfigT], value: Any, field: str) -> ConfigT:
-    """A config dataclass from an instance, a mapping (jsonargparse / checkpoints) or None (defaults)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise ValueError(f"{field} keys must be among {sorted(allowed)}, got unknown key {field}.{unknown[0]}")
-        return cls(**value)
-    raise ValueError(f"{field} must be a mapping or {cls.__name__}, got {value!r}")
-
-
-def _check_bool(field: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{field} must be a bool, got {value!r}")
-
-
-def _check_unit_open(field: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
-    if not ok:
-        raise ValueError(f"{field} must be in [0, 1), got {value!r}")
-
-
 def _check_backbone(name: Any) -> None:
     """One-line ValueError for a name timm does not know, with close names as suggestions."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model.backbone must be a timm model name, got {name!r}")
+    require(isinstance(name, str) and bool(name), "model.backbone", "a timm model name", name)
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"
-    raise ValueError(f"model.backbone must be a timm model name, got {name!r}{hint}")
+    raise ValueError(f"model.backbone must be a timm model name, got {name!r}{hint}")  # with a hint: not CheckError
 
 
 def _plain(value: Any) -> Any:
@@ -133,7 +116,7 @@ class CifarClassifier(pl.LightningModule):
         self,
         backbone: str = "resnet18",
         num_classes: int = 10,
-        cifar_stem: bool = True,
+        cifar_stem: bool | str = "auto",
         norm: str = "batch",
         norm_groups: int = 32,
         norm_strict: bool = False,
@@ -155,22 +138,22 @@ class CifarClassifier(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        mixup = _as_config(MixupConfig, mixup, "model.mixup")
-        cutmix = _as_config(CutMixConfig, cutmix, "model.cutmix")
-        mixing = _as_config(MixingConfig, mixing, "model.mixing")
-        cutout = _as_config(CutoutConfig, cutout, "model.cutout")
-        input_noise = _as_config(NoiseConfig, input_noise, "model.input_noise")
-        optimizer = _as_config(OptimizerConfig, optimizer, "model.optimizer")
-        scheduler = _as_config(SchedulerConfig, scheduler, "model.scheduler")
+        mixup = as_config(MixupConfig, mixup, "model.mixup")
+        cutmix = as_config(CutMixConfig, cutmix, "model.cutmix")
+        mixing = as_config(MixingConfig, mixing, "model.mixing")
+        cutout = as_config(CutoutConfig, cutout, "model.cutout")
+        input_noise = as_config(NoiseConfig, input_noise, "model.input_noise")
+        optimizer = as_config(OptimizerConfig, optimizer, "model.optimizer")
+        scheduler = as_config(SchedulerConfig, scheduler, "model.scheduler")
         _check_backbone(backbone)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"model.num_classes must be an int >= 2, got {num_classes!r}")
-        _check_unit_open("model.label_smoothing", label_smoothing)
-        _check_unit_open("model.ema_decay", ema_decay)
-        flags = dict(cifar_stem=cifar_stem, norm_strict=norm_strict, pretrained=pretrained)
+        check_int("model.num_classes", num_classes, low=2)
+        check_real("model.label_smoothing", label_smoothing, 0, 1, high_open=True)
+        check_real("model.ema_decay", ema_decay, 0, 1, high_open=True)
+        resolve_cifar_stem(cifar_stem)  # auto | none | explicit (models.cifar_adapt); true / false = auto / none
+        flags = dict(norm_strict=norm_strict, pretrained=pretrained)
         flags.update(ema_warmup=ema_warmup, tta_flip=tta_flip)
         for name, value in dict(flags, channels_last=channels_last, compile=compile).items():
-            _check_bool(f"model.{name}", value)
+            check_bool(f"model.{name}", value)
         self.save_hyperparameters()
         for store in (self._hparams, self._hparams_initial):
             for key in list(store):
@@ -183,7 +166,8 @@ class CifarClassifier(pl.LightningModule):
         self.batch_augment_config = {
             "mixup": mixup, "cutmix": cutmix, "mixing": mixing, "cutout": cutout, "input_noise": input_noise
         }
-        build_batch_augment(self.batch_augment_config, num_classes, self.label_smoothing)  # validate early
+        # Built once, here (this also checks it); set_generator gives it a device generator at the first step.
+        self._batch_augment = build_batch_augment(self.batch_augment_config, num_classes, self.label_smoothing)
         self.tta_flip = tta_flip
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -199,6 +183,10 @@ class CifarClassifier(pl.LightningModule):
             drop_path_rate=drop_path_rate,
             pretrained=pretrained,
         )
+        adaptation = self.backbone.cifar_adaptation
+        rank_zero_info(f"model.cifar_stem={cifar_stem}: {adaptation}")
+        for store in (self._hparams, self._hparams_initial):  # the adaptation auto chose, for the record
+            store["cifar_stem_resolved"] = adaptation.stem
         self.backbone.to(memory_format=self.memory_format)
         self.ema: ModelEmaV3 | None = None
         if ema_decay > 0:
@@ -219,10 +207,11 @@ class CifarClassifier(pl.LightningModule):
 
         self.keep_augmented_batch = False  # AugmentedImageGrid handshake (models.callbacks)
         self.last_augmented_batch: torch.Tensor | None = None
-        self._batch_augment: Compose | None = None
         self._augment_generator: torch.Generator | None = None
         self._pending_rng_state: torch.Tensor | None = None
         self._ema_step_seen = -1
+        self._sam_second_pass = False  # SAM handshake: True while SAM re-runs the step at w + e(w)
+        self._sam_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----- forward and evaluation -------------------------------------------------------------
 
@@ -252,8 +241,8 @@ class CifarClassifier(pl.LightningModule):
         """Seed of the augmentation generator: from torch.initial_seed() (seed_everything) and the rank."""
         return (torch.initial_seed() * _SEED_MIX + self.global_rank + 1) % (2**63)
 
-    def batch_augment(self) -> Compose | None:
-        """The Cutout -> Mixup/CutMix -> noise pipeline, built once on the model's device (None: all off)."""
+    def batch_augment(self) -> Compose:
+        """The Cutout -> Mixup/CutMix -> noise pipeline, drawing from a generator on the model's device."""
         if self._augment_generator is None or self._augment_generator.device.type != self.device.type:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self._augment_seed())
@@ -261,9 +250,7 @@ class CifarClassifier(pl.LightningModule):
                 self._restore_generator(generator, self._pending_rng_state)
                 self._pending_rng_state = None
             self._augment_generator = generator
-            self._batch_augment = build_batch_augment(
-                self.batch_augment_config, self.num_classes, self.label_smoothing, generator=generator
-            )
+            self._batch_augment.set_generator(generator)
         return self._batch_augment
 
     @staticmethod
@@ -277,24 +264,27 @@ class CifarClassifier(pl.LightningModule):
             )
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Soft targets (B, K): soft cross-entropy; int labels (B,): cross-entropy with label smoothing."""
-        if targets.is_floating_point():
-            return soft_cross_entropy(logits, targets)
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        """Soft targets (B, K) from the pipeline (smoothing already inside): soft cross-entropy;
+        int labels (B,): cross-entropy with `label_smoothing`."""
+        smoothing = 0.0 if targets.is_floating_point() else self.label_smoothing
+        return soft_target_cross_entropy(logits, targets, smoothing)
 
     # ----- steps --------------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self._sam_second_pass and self._sam_batch is not None:  # same augmented batch, no metric updates
+            x, targets = self._sam_batch
+            return self.loss(self.backbone(x), targets)
         x, y = batch
         x = self._prepare(x)
         augment = self.batch_augment()
-        targets: torch.Tensor = y
-        if augment is not None:
-            augment.set_epoch(self.current_epoch)  # mixing stops at mixing.stop_epoch
-            x, targets = augment(x, y)
-            x = self._prepare(x)
+        augment.set_epoch(self.current_epoch)  # mixing stops at mixing.stop_epoch
+        x, targets = augment(x, y)  # soft targets (B, K), label smoothing inside
+        x = self._prepare(x)
         if self.keep_augmented_batch:
             self.last_augmented_batch = x.detach()
+        if self.optimizer_config.sam is not None:
+            self._sam_batch = (x, targets)
         logits = self.backbone(x)
         loss = self.loss(logits, targets)
         self.train_loss.update(loss.detach(), weight=y.shape[0])
@@ -370,9 +360,32 @@ class CifarClassifier(pl.LightningModule):
         cfg = self.optimizer_config
         groups = param_groups(self.backbone, cfg.weight_decay, cfg.exclude_norm_and_bias)
         optimizer = build_optimizer(groups, cfg)
+        if isinstance(optimizer, SAM):
+            self._check_sam_trainer()
+            optimizer.second_pass = self._sam_second_pass_context
         total_steps = self.trainer.estimated_stepping_batches
         scheduler = build_scheduler(optimizer, self.scheduler_config, total_steps, self._steps_per_epoch(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def _check_sam_trainer(self) -> None:
+        trainer = self.trainer
+        require(trainer.accumulate_grad_batches == 1, "trainer.accumulate_grad_batches",
+                "1 with model.optimizer.sam (SAM would re-run only the last micro-batch)",
+                trainer.accumulate_grad_batches)
+        require(trainer.precision != "16-mixed", "trainer.precision",
+                "32-true, bf16-mixed or bf16-true with model.optimizer.sam (the 16-mixed gradient scaler "
+                "steps without a closure)", trainer.precision)
+
+    @contextmanager
+    def _sam_second_pass_context(self) -> Iterator[None]:
+        """Around SAM's second closure call: flag it for `training_step`, keep BatchNorm statistics."""
+        self._sam_second_pass = True
+        try:
+            with preserve_bn_stats(self.backbone):
+                yield
+        finally:
+            self._sam_second_pass = False
+            self._sam_batch = None
 
     # ----- checkpoints --------------------------------------------------------------------------
 
@@ -387,5 +400,4 @@ class CifarClassifier(pl.LightningModule):
         if state is None:
             return
         self._pending_rng_state = state.cpu()
-        self._augment_generator = None  # rebuilt (with this state) at the next training step
-        self._batch_augment = None
+        self._augment_generator = None  # remade (with this state) at the next training step

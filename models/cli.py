@@ -12,7 +12,6 @@ import argparse
 import pickle
 import sys
 import time
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from augment.checks import CheckError
 from augment.data import CIFARDataModule
+from augment.pipeline import SECTIONS
 from models.callbacks import (
     AugmentedImageGrid,
     ConfusionMatrixLogger,
@@ -34,6 +35,7 @@ from models.callbacks import (
 from models.checkpoint_io import AtomicCheckpointIO
 from models.classifier import CifarClassifier
 from models.regularizers import WeightNoise
+from models.sharpness import Sharpness
 
 __all__ = ["CifarCLI", "LastCheckpoint", "UserError", "run", "main"]
 
@@ -48,6 +50,9 @@ USER_ERRORS = (
     MisconfigurationException,
     argparse.ArgumentError,
 )
+
+
+MODEL_SECTIONS = (*SECTIONS, "optimizer", "scheduler")  # config dataclasses under `model:`
 
 
 class UserError(Exception):
@@ -109,6 +114,15 @@ class CifarCLI(LightningCLI):
         _check_seed(self.config.get("seed_everything"))
         _check_accelerator(self.config.get("trainer.accelerator"))
 
+    def instantiate_classes(self) -> None:
+        """Instantiate; a model config section's error gets its YAML path (`model.mixup.alpha`)."""
+        try:
+            super().instantiate_classes()
+        except CheckError as err:
+            if err.field.split(".")[0] in MODEL_SECTIONS:
+                raise err.with_field(f"model.{err.field}") from None
+            raise
+
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """The Trainer, with crash-safe checkpoint writes unless a custom CheckpointIO plugin is configured."""
         trainer = super().instantiate_trainer(**kwargs)
@@ -135,6 +149,7 @@ class CifarCLI(LightningCLI):
         )
         parser.add_lightning_class_args(WeightNoise, "weight_noise")
         parser.set_defaults({"weight_noise.std": 0.0})
+        parser.add_lightning_class_args(Sharpness, "sharpness")  # off unless sharpness.enable: true
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="Checkpoint to resume fit from.")
         parser.add_argument("--run_test", type=bool, default=True, help="Test the selected checkpoint after fit.")
 
@@ -205,8 +220,8 @@ def _continue_checkpoint_dir(trainer: Any, ckpt_path: Any) -> None:
 
 
 def _without_validation(trainer: Any) -> None:
-    """val_size 0: no early stopping, and checkpoints keep only the last epoch."""
-    warnings.warn("data.val_size is 0: early stopping is off and the last epoch is tested", stacklevel=2)
+    """No validation split (`datamodule.has_val` False, warned there): no early stopping, checkpoints
+    keep only the last epoch."""
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, EarlyStopping)]
     for cb in trainer.checkpoint_callbacks:
         cb.monitor = None

@@ -40,7 +40,7 @@ def cli_args(root: Path, workdir: Path, *extra: str) -> list[str]:
         "--data.root", str(root),
         "--data.val_size", "8",
         "--data.batch_size", "8",
-        "--data.loader", "gpu",
+        "--data.loader", "device",
         "--data.num_workers", "0",
         *extra,
     ]

@@ -216,7 +216,8 @@ def test_ema_update_math_once_per_optimizer_step(warmup):
 
 
 class TargetRecorder(pl.Callback):
-    """Records per step: epoch, whether the loss saw soft targets, the augmented inputs."""
+    """Records per step: epoch, whether the loss saw mixed targets (soft rows that are not one-hot), the
+    augmented inputs. Every target the loss sees is soft (B, K)."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, bool, torch.Tensor]] = []
@@ -226,7 +227,9 @@ class TargetRecorder(pl.Callback):
         original = pl_module.loss
 
         def spy(logits, targets):
-            self.rows.append((trainer.current_epoch, targets.is_floating_point(), pl_module.last_augmented_batch))
+            assert targets.is_floating_point() and targets.shape == logits.shape
+            mixed = bool((targets.max(1).values < 1).any())
+            self.rows.append((trainer.current_epoch, mixed, pl_module.last_augmented_batch))
             return original(logits, targets)
 
         pl_module.loss = spy
@@ -425,9 +428,9 @@ def test_lightning_cli_parser_exposes_nested_fields():
         ({"num_classes": 1}, r"^model\.num_classes must be an int >= 2, got 1$"),
         ({"backbone": "resnet19"}, r"^model\.backbone must be a timm model name, got 'resnet19'; close names: .*resnet18"),
         ({"mixup": {"beta": 1.0}}, r"^model\.mixup keys must be among \['alpha'\], got unknown key model\.mixup\.beta$"),
-        ({"mixup": {"alpha": -1.0}}, r"^mixup\.alpha must be >= 0"),
+        ({"mixup": {"alpha": -1.0}}, r"^model\.mixup\.alpha must be >= 0"),
         ({"optimizer": {"name": "lion"}}, r"^optimizer\.name must be one of"),
-        ({"tta_flip": "yes"}, r"^model\.tta_flip must be a bool"),
+        ({"tta_flip": "yes"}, r"^model\.tta_flip must be true or false"),
         ({"norm": "weird"}, r"^model\.norm must be one of"),
     ],
 )

@@ -152,7 +152,7 @@ def test_cpu_smoke_checkpoint_and_stopping_monitor_val(tmp_path: Path, in_tmp_cw
     best = cli.trainer.checkpoint_callback
     assert isinstance(best, ModelCheckpoint) and best.monitor == "val/acc" and best.mode == "max"
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
-    assert cli.datamodule.resolved_loader in ("gpu", "cpu")
+    assert cli.datamodule.resolved_loader in ("device", "workers")
 
 
 # --- bad config or data: one `error:` line naming the field, exit code 2 (more cases: test_bad_input.py)

@@ -34,7 +34,7 @@ def tree(tmp_path_factory):
 
 
 def _dm(tree, **kw):
-    args = dict(dataset="imagefolder", root=tree, val_size=8, batch_size=16, loader="gpu", num_workers=0, padding=2)
+    args = dict(dataset="imagefolder", root=tree, val_size=8, batch_size=16, loader="device", num_workers=0, padding=2)
     args.update(kw)
     return CIFARDataModule(**args)
 
@@ -60,7 +60,7 @@ def test_properties_available_after_init(tree):
     "kwargs, message",
     [
         (dict(dataset="mnist"), "data.dataset must be one of cifar10, cifar100, imagefolder, got 'mnist'"),
-        (dict(loader="tpu"), "data.loader must be one of auto, gpu, cpu, got 'tpu'"),
+        (dict(loader="tpu"), "data.loader must be one of auto, device, workers, got 'tpu'"),
         (dict(num_folds=1), "data.num_folds must be 0 \\(off\\) or an int >= 2, got 1"),
         (dict(num_folds=5, fold=5), "data.fold must be an int in \\[0, 5\\)"),
         (dict(fold=2), "data.fold must be 0 when data.num_folds is 0"),
@@ -159,7 +159,7 @@ def test_gpu_loader_on_cpu_tensors(tree):
     dm.setup("fit")
     dm.setup("test")
     train, val, test = dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()
-    assert isinstance(train, DeviceBatchLoader) and dm.resolved_loader == "gpu"
+    assert isinstance(train, DeviceBatchLoader) and dm.resolved_loader == "device"
     assert len(train) == 72 // 16 and train.drop_last
     x, y = next(iter(train))
     assert x.shape == (16, 3, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -175,7 +175,7 @@ def test_gpu_loader_on_cpu_tensors(tree):
 
 
 def test_cpu_loader_without_workers(tree):
-    dm = _dm(tree, loader="cpu", val_size=8, cutout_holes=1, cutout_size=2)
+    dm = _dm(tree, loader="workers", val_size=8, cutout_holes=1, cutout_size=2)
     dm.setup("fit")
     train = dm.train_dataloader()
     assert isinstance(train, torch.utils.data.DataLoader) and not train.persistent_workers
@@ -186,7 +186,7 @@ def test_cpu_loader_without_workers(tree):
 
 
 def test_cpu_loader_worker_settings(tree):
-    dm = _dm(tree, loader="cpu", num_workers=2)
+    dm = _dm(tree, loader="workers", num_workers=2)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers and not loader.pin_memory
@@ -194,13 +194,13 @@ def test_cpu_loader_worker_settings(tree):
 
 
 def test_auto_loader_without_cuda_is_cpu(tree):
-    assert _dm(tree, loader="auto").resolved_loader == "cpu"
+    assert _dm(tree, loader="auto").resolved_loader == "workers"
 
 
 def test_cutout_on_gpu_loader_warns(tree):
     dm = _dm(tree, cutout_holes=1)
     dm.setup("fit")
-    with pytest.warns(UserWarning, match="cutout_holes applies to the cpu loader only"):
+    with pytest.warns(UserWarning, match="cutout_holes applies to the workers loader only"):
         dm.train_dataloader()
 
 
@@ -234,7 +234,7 @@ def _trainer(**kw):
     )
 
 
-@pytest.mark.parametrize("loader", ["gpu", "cpu"])
+@pytest.mark.parametrize("loader", ["device", "workers"])
 def test_lightning_fit_with_and_without_val(tree, loader):
     model = _Tiny()
     dm = _dm(tree, loader=loader, val_size=8)
@@ -244,7 +244,7 @@ def test_lightning_fit_with_and_without_val(tree, loader):
         trainer.fit(model, datamodule=dm)
     assert trainer.current_epoch == 2 and len(model.seen) == 2 * (72 // 16)
     assert "val/loss" in trainer.callback_metrics
-    if loader == "gpu":  # Lightning set the epoch through loader.sampler: the two epochs' orders differ
+    if loader == "device":  # Lightning set the epoch through loader.sampler: the two epochs' orders differ
         assert trainer.train_dataloader.epoch >= 1
         first, second = torch.cat(model.seen[:4]), torch.cat(model.seen[4:])
         assert not torch.equal(first, second)
@@ -266,7 +266,7 @@ def test_real_cifar10_datamodule_split():
     root = os.environ.get("CIFAR10_ROOT")
     if not root:
         pytest.skip("CIFAR10_ROOT is not set: export the lossless CIFAR-10 copy and point CIFAR10_ROOT at it")
-    dm = CIFARDataModule(dataset="cifar10", root=root, val_size=5000, loader="gpu", batch_size=512)
+    dm = CIFARDataModule(dataset="cifar10", root=root, val_size=5000, loader="device", batch_size=512)
     dm.setup("fit")
     labels = load_dataset("cifar10", root, "train")[1]
     assert len(dm.train_indices) == 45000 and len(dm.val_indices) == 5000
@@ -275,3 +275,15 @@ def test_real_cifar10_datamodule_split():
     assert len(loader) == 45000 // 512
     x, y = next(iter(loader))
     assert x.shape == (512, 3, 32, 32) and abs(float(x.mean())) < 0.2
+
+
+@pytest.mark.parametrize("old, new", [("gpu", "device"), ("cpu", "workers")])
+def test_former_loader_names_still_work_with_a_future_warning(tree, old, new):
+    with pytest.warns(FutureWarning, match=f"data.loader '{old}' is deprecated, use '{new}'"):
+        dm = _dm(tree, loader=old)
+    assert dm.loader == new and dm.resolved_loader == new
+
+
+def test_unknown_loader_names_the_allowed_values(tree):
+    with pytest.raises(ValueError, match=r"^data\.loader must be one of auto, device, workers, got 'tpu'$"):
+        _dm(tree, loader="tpu")

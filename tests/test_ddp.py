@@ -45,7 +45,7 @@ def _val_accuracy(checkpoint: Path, data: Path) -> float:
     from models.classifier import CifarClassifier
 
     model = CifarClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    dm = CIFARDataModule(dataset="imagefolder", root=str(data), val_size=VAL_SIZE, batch_size=BATCH, loader="gpu")
+    dm = CIFARDataModule(dataset="imagefolder", root=str(data), val_size=VAL_SIZE, batch_size=BATCH, loader="device")
     dm.setup("fit")
     correct = total = 0
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_gpu_resident_loader_shards_by_rank(world_size: int, data: Path) -> None
     (train and validation); together they cover the split, padded by wrap-around like DistributedSampler."""
     from augment.data import CIFARDataModule
 
-    dm = CIFARDataModule(dataset="imagefolder", root=str(data), val_size=VAL_SIZE, batch_size=8, loader="gpu")
+    dm = CIFARDataModule(dataset="imagefolder", root=str(data), val_size=VAL_SIZE, batch_size=8, loader="device")
     dm.setup("fit")
     for split_indices, make in ((dm.train_indices, dm.train_dataloader), (dm.val_indices, dm.val_dataloader)):
         parts = []

@@ -123,7 +123,7 @@ class NonPersistentDataLoader(torch.utils.data.DataLoader):
 
 
 @pytest.mark.parametrize(
-    ("loader", "persistent"), [("cpu", True), ("cpu", False), ("gpu", True)], ids=["cpu_workers", "cpu_workers_restarted", "gpu_loader"]
+    ("loader", "persistent"), [("workers", True), ("workers", False), ("device", True)], ids=["workers", "workers_restarted", "device_loader"]
 )
 def test_augmentation_differs_across_epochs_and_workers_and_replays_from_seed(
     loader: str, persistent: bool, same_image_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -131,7 +131,7 @@ def test_augmentation_differs_across_epochs_and_workers_and_replays_from_seed(
     monkeypatch.chdir(tmp_path)
     if not persistent:
         monkeypatch.setattr(torch.utils.data, "DataLoader", NonPersistentDataLoader)
-    workers = "2" if loader == "cpu" else "0"
+    workers = "2" if loader == "workers" else "0"
     args = ["--data.loader", loader, "--data.num_workers", workers, "--data.padding", "4", "--data.flip", "true"]
     first = _batches(same_image_data, tmp_path / "a", *args, "--data.seed", "0")
     # All 12 batches of the two epochs differ: batch 0 and 1 come from worker 0 and worker 1 (their first
@@ -151,6 +151,6 @@ def test_worker_seeder_is_what_separates_the_workers(same_image_data: Path, tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(augment.data.datamodule, "WorkerSeeder", lambda rank: None)
     monkeypatch.setattr(torch.utils.data, "DataLoader", NonPersistentDataLoader)
-    epochs = _batches(same_image_data, tmp_path / "a", "--data.loader", "cpu", "--data.num_workers", "2")
+    epochs = _batches(same_image_data, tmp_path / "a", "--data.loader", "workers", "--data.num_workers", "2")
     assert torch.equal(epochs[0][0], epochs[0][1])  # worker 0 and worker 1 drew the same crops and flips
     assert torch.equal(epochs[0][0], epochs[1][0])  # and restarted workers repeat them the next epoch

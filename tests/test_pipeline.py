@@ -157,8 +157,8 @@ def test_config_errors_name_the_field(make, match):
         make()
 
 
-def test_dataclasses_name_their_own_field_and_the_config_layer_adds_the_path():
-    with pytest.raises(ValueError, match=r"^alpha must be >= 0, got -1$"):
+def test_dataclasses_name_their_section_and_the_config_layer_adds_the_path():
+    with pytest.raises(ValueError, match=r"^mixup\.alpha must be >= 0, got -1$"):
         MixupConfig(alpha=-1)
     with pytest.raises(ValueError, match=r"^model\.cutout\.p must be in \[0, 1\], got 2$"):
         as_config(CutoutConfig, {"p": 2}, "model.cutout")

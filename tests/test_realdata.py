@@ -63,7 +63,7 @@ def test_cifar100_datamodule_counts_and_batches() -> None:
     from augment.data.datasets import CIFAR100_CLASSES
 
     root = _root("CIFAR100_ROOT")
-    data = CIFARDataModule(dataset="cifar100", root=str(root), val_size=5000, batch_size=256, loader="gpu")
+    data = CIFARDataModule(dataset="cifar100", root=str(root), val_size=5000, batch_size=256, loader="device")
     assert data.num_classes == 100
     data.setup("fit")
     data.setup("test")

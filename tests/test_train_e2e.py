@@ -207,7 +207,7 @@ def test_train_py_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
         },
         "model": {"backbone": "test_resnet", "cifar_stem": True, "mixup": {"alpha": 0.2}},
         "data": {"dataset": "imagefolder", "root": str(tiny_data), "val_size": 24, "batch_size": 16,
-                 "loader": "cpu", "num_workers": 0},
+                 "loader": "workers", "num_workers": 0},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(

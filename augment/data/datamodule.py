@@ -1,6 +1,6 @@
 """CIFARDataModule: CIFAR-10 / CIFAR-100 / ImageFolder data, splits and loaders for Lightning.
 
-The one module of ``augment`` that imports Lightning. Validation always comes from the training
+The module of ``augment.data`` that imports Lightning. Validation always comes from the training
 split (stratified hold-out or one of k stratified folds); the official test split is only ever the
 test loader.
 """
@@ -14,6 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from augment.checks import check_bool, check_choice, check_int, field_prefix, is_int, require
 from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
 from augment.data.datasets import DATASETS, dataset_classes, dataset_stats, load_dataset
 from augment.data.loaders import ArrayDataset, DeviceBatchLoader
@@ -21,22 +22,23 @@ from augment.data.splits import bootstrap_indices, stratified_kfold, stratified_
 
 __all__ = ["CIFARDataModule", "LOADERS"]
 
-LOADERS = ("auto", "gpu", "cpu")
+LOADERS = ("auto", "device", "workers")
+LOADER_ALIASES = {"gpu": "device", "cpu": "workers"}  # the names before "device" / "workers"
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _require(ok: bool, field: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"data.{field} must be {rule}, got {value!r}")
+def _loader_name(loader: Any) -> str:
+    """data.loader checked, with the deprecated gpu / cpu names mapped (and warned about)."""
+    if loader in LOADER_ALIASES:
+        new = LOADER_ALIASES[loader]
+        warnings.warn(f"data.loader {loader!r} is deprecated, use {new!r}", FutureWarning, stacklevel=3)
+        return new
+    return check_choice("loader", loader, LOADERS)
 
 
 class CIFARDataModule(pl.LightningDataModule):
     """Loads a dataset as uint8 arrays (cached), carves a seeded stratified validation split from train,
-    and serves batches either from device memory (``loader="gpu"``: crop/flip/normalize batched on the
-    device) or from DataLoader workers running albumentations (``loader="cpu"``).
+    and serves batches either from device memory (``loader="device"``: crop/flip/normalize batched on
+    the model's device) or from DataLoader workers running albumentations (``loader="workers"``).
 
     Args:
         dataset: cifar10 | cifar100 | imagefolder.
@@ -49,14 +51,15 @@ class CIFARDataModule(pl.LightningDataModule):
         train_subset: use a stratified subset of this many training samples (smoke runs).
         batch_size: training batch size per device.
         eval_batch_size: validation/test batch size (default: batch_size).
-        loader: gpu (device-resident) | cpu (DataLoader workers + albumentations) | auto (gpu on CUDA).
-        num_workers: DataLoader workers for the cpu loader.
+        loader: device (device-resident) | workers (DataLoader workers + albumentations) | auto (device on
+            CUDA, else workers). The former names gpu / cpu still work, with a FutureWarning.
+        num_workers: DataLoader workers for the workers loader.
         padding: pixels of reflect padding for the random crop (0 = no crop).
         flip: random horizontal flips.
-        cutout_holes: Cutout holes per image on the cpu loader (the gpu path uses the model's cutout).
-        cutout_size: Cutout square side in pixels (cpu loader).
+        cutout_holes: Cutout holes per image on the workers loader (the device loader uses model.cutout).
+        cutout_size: Cutout square side in pixels (workers loader).
         seed: seed of splits, shuffling and per-sample augmentation.
-        channels_last: batches in channels_last memory format (gpu loader).
+        channels_last: batches in channels_last memory format (device loader).
     """
 
     def __init__(
@@ -81,35 +84,30 @@ class CIFARDataModule(pl.LightningDataModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        _require(dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}", dataset)
-        _require(
-            (_is_int(val_size) and val_size >= 0) or (isinstance(val_size, float) and 0.0 <= val_size < 1.0),
-            "val_size",
-            "an int count >= 0 or a float fraction in [0, 1)",
-            val_size,
-        )
-        _require(_is_int(num_folds) and (num_folds == 0 or num_folds >= 2), "num_folds", "0 (off) or an int >= 2", num_folds)
-        if num_folds:
-            _require(_is_int(fold) and 0 <= fold < num_folds, "fold", f"an int in [0, {num_folds}) (num_folds={num_folds})", fold)
-        else:
-            _require(fold == 0, "fold", "0 when data.num_folds is 0 (k-fold off)", fold)
-        _require(isinstance(bootstrap, bool), "bootstrap", "true or false", bootstrap)
-        _require(train_subset is None or (_is_int(train_subset) and train_subset >= 1), "train_subset", "null or an int >= 1", train_subset)
-        _require(_is_int(batch_size) and batch_size >= 1, "batch_size", "an int >= 1", batch_size)
-        _require(
-            eval_batch_size is None or (_is_int(eval_batch_size) and eval_batch_size >= 1),
-            "eval_batch_size",
-            "null or an int >= 1",
-            eval_batch_size,
-        )
-        _require(loader in LOADERS, "loader", f"one of {', '.join(LOADERS)}", loader)
-        _require(_is_int(num_workers) and num_workers >= 0, "num_workers", "an int >= 0", num_workers)
-        _require(_is_int(padding) and padding >= 0, "padding", "an int >= 0", padding)
-        _require(isinstance(flip, bool), "flip", "true or false", flip)
-        _require(_is_int(cutout_holes) and cutout_holes >= 0, "cutout_holes", "an int >= 0", cutout_holes)
-        _require(_is_int(cutout_size) and cutout_size >= 1, "cutout_size", "an int >= 1", cutout_size)
-        _require(_is_int(seed) and seed >= 0, "seed", "an int >= 0", seed)
-        _require(isinstance(channels_last, bool), "channels_last", "true or false", channels_last)
+        with field_prefix("data"):
+            check_choice("dataset", dataset, DATASETS)
+            ok = (is_int(val_size) and val_size >= 0) or (isinstance(val_size, float) and 0.0 <= val_size < 1.0)
+            require(ok, "val_size", "an int count >= 0 or a float fraction in [0, 1)", val_size)
+            require(is_int(num_folds) and (num_folds == 0 or num_folds >= 2), "num_folds", "0 (off) or an int >= 2", num_folds)
+            if num_folds:
+                ok = is_int(fold) and 0 <= fold < num_folds
+                require(ok, "fold", f"an int in [0, {num_folds}) (num_folds={num_folds})", fold)
+            else:
+                require(fold == 0, "fold", "0 when data.num_folds is 0 (k-fold off)", fold)
+            check_bool("bootstrap", bootstrap)
+            ok = train_subset is None or (is_int(train_subset) and train_subset >= 1)
+            require(ok, "train_subset", "null or an int >= 1", train_subset)
+            check_int("batch_size", batch_size, low=1)
+            ok = eval_batch_size is None or (is_int(eval_batch_size) and eval_batch_size >= 1)
+            require(ok, "eval_batch_size", "null or an int >= 1", eval_batch_size)
+            loader = _loader_name(loader)
+            check_int("num_workers", num_workers, low=0)
+            check_int("padding", padding, low=0)
+            check_bool("flip", flip)
+            check_int("cutout_holes", cutout_holes, low=0)
+            check_int("cutout_size", cutout_size, low=1)
+            check_int("seed", seed, low=0)
+            check_bool("channels_last", channels_last)
         self.save_hyperparameters()
 
         self.dataset = dataset
@@ -131,11 +129,12 @@ class CIFARDataModule(pl.LightningDataModule):
         self.seed = seed
         self.channels_last = channels_last
 
-        self.has_val: bool = bool(num_folds) or val_size != 0
+        self.has_val: bool = bool(num_folds) or val_size != 0  # the one place that decides; the CLI follows it
         if not self.has_val:
             warnings.warn(
                 "data.val_size is 0 and k-fold is off: no validation split, so early stopping and "
-                "best-checkpoint selection are off (the test split is never used for them)",
+                "best-checkpoint selection are off and the last epoch is tested (the test split is never "
+                "used to select)",
                 stacklevel=2,
             )
         self._class_names: list[str] | None = None
@@ -223,10 +222,10 @@ class CIFARDataModule(pl.LightningDataModule):
 
     @property
     def resolved_loader(self) -> str:
-        """'gpu' or 'cpu': ``auto`` picks the device-resident path when the trainer runs on CUDA."""
+        """'device' or 'workers': ``auto`` picks the device-resident path when the trainer runs on CUDA."""
         if self.loader != "auto":
             return self.loader
-        return "gpu" if self._device().type == "cuda" else "cpu"
+        return "device" if self._device().type == "cuda" else "workers"
 
     def _device_images(self, split: str) -> torch.Tensor:
         """The split's uint8 images moved to the device once, as (N, C, H, W)."""
@@ -268,7 +267,7 @@ class CIFARDataModule(pl.LightningDataModule):
             resume_offset=self._batches_trained_this_epoch if train else None,
         )
 
-    def _cpu_loader(self, split: str, indices: np.ndarray | None, train: bool) -> torch.utils.data.DataLoader:
+    def _workers_loader(self, split: str, indices: np.ndarray | None, train: bool) -> torch.utils.data.DataLoader:
         images, labels = self._arrays[split]
         rank, world = self._rank_world()
         if train:
@@ -294,14 +293,14 @@ class CIFARDataModule(pl.LightningDataModule):
         )
 
     def _make(self, split: str, indices: np.ndarray | None, train: bool) -> Any:
-        if self.resolved_loader == "gpu":
+        if self.resolved_loader == "device":
             if train and self.cutout_holes:
                 warnings.warn(
-                    "data.cutout_holes applies to the cpu loader only; on the gpu loader use model.cutout",
+                    "data.cutout_holes applies to the workers loader only; on the device loader use model.cutout",
                     stacklevel=3,
                 )
             return self._device_loader(split, indices, train)
-        return self._cpu_loader(split, indices, train)
+        return self._workers_loader(split, indices, train)
 
     def train_dataloader(self) -> Any:
         if self.train_indices is None:
