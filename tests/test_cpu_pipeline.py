@@ -76,9 +76,9 @@ def test_compose_seed_reproducible():
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="data.padding must be an int >= 0"):
+    with pytest.raises(ValueError, match="^padding must be an int >= 0"):
         train_transform(MEAN, STD, padding=-1)
-    with pytest.raises(ValueError, match="data.cutout_holes must be an int >= 0"):
+    with pytest.raises(ValueError, match="^cutout_holes must be an int >= 0"):
         train_transform(MEAN, STD, cutout_holes=-2)
     with pytest.raises(ValueError, match="std must be > 0"):
         eval_transform(MEAN, (0.2, 0.0, 0.2))

@@ -247,7 +247,7 @@ def test_loader_exposes_sampler_set_epoch_for_lightning():
 
 
 def test_loader_errors():
-    with pytest.raises(ValueError, match="data.batch_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="^batch_size must be an int >= 1"):
         _loader(batch_size=0)
     with pytest.raises(ValueError, match="rank must be in"):
         _loader(rank=2, world_size=2)

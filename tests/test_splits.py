@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from augment.checks import field_prefix
+
 from augment.data.splits import (
     bootstrap_indices,
     class_counts,
@@ -56,10 +58,13 @@ def test_stratified_split_zero_and_errors():
     train, val = stratified_split(y, 0, seed=0)
     assert np.array_equal(train, np.arange(500)) and val.size == 0
     for bad in (500, 501, -1, 1.0, -0.1, True, "10"):
-        with pytest.raises(ValueError, match="data.val_size must be"):
+        with pytest.raises(ValueError, match="^val_size must be"):
             stratified_split(y, bad, seed=0)
-    with pytest.raises(ValueError, match="data.val_size=0.0001 rounds to 0 of 500 samples"):
+    with pytest.raises(ValueError, match=r"^val_size must be 0 \(off\) or a fraction giving 1..499 of 500 samples "
+                       r"\(it rounds to 0\), got 0.0001$"):
         stratified_split(y, 0.0001, seed=0)
+    with pytest.raises(ValueError, match="^data.val_size must be"), field_prefix("data"):
+        stratified_split(y, 500, seed=0)
     with pytest.raises(ValueError, match="rounds to 500 of 500"):
         stratified_split(y, 0.9999, seed=0)
 
@@ -78,8 +83,10 @@ def test_stratified_subset_balanced_and_bounds():
     assert len(sub) == 60 and len(np.unique(sub)) == 60
     assert class_counts(y[sub], 10).tolist() == [6] * 10
     assert np.array_equal(stratified_subset(y, 500, seed=0), np.arange(500))
-    with pytest.raises(ValueError, match="data.train_subset must be an int in \\[1, 500\\]"):
+    with pytest.raises(ValueError, match="^size must be an int in \\[1, 500\\]"):
         stratified_subset(y, 501, seed=0)
+    with pytest.raises(ValueError, match="^train_subset must be an int in \\[1, 500\\]"):
+        stratified_subset(y, 501, seed=0, field="train_subset")
 
 
 @pytest.mark.parametrize("k", [2, 3, 7])
@@ -105,11 +112,11 @@ def test_kfold_deterministic_and_seed_dependent():
 
 def test_kfold_errors():
     y = _balanced()
-    with pytest.raises(ValueError, match="data.num_folds must be 0 \\(off\\) or an int in \\[2, 500\\], got 1"):
+    with pytest.raises(ValueError, match="^num_folds must be 0 \\(off\\) or an int in \\[2, 500\\], got 1"):
         stratified_kfold(y, 1, 0)
-    with pytest.raises(ValueError, match="data.fold must be an int in \\[0, 5\\)"):
+    with pytest.raises(ValueError, match="^fold must be an int in \\[0, 5\\)"):
         stratified_kfold(y, 5, 5)
-    with pytest.raises(ValueError, match="data.fold"):
+    with pytest.raises(ValueError, match="^data.fold"), field_prefix("data"):
         stratified_kfold(y, 5, -1)
 
 

@@ -196,12 +196,14 @@ class CIFARDataModule(pl.LightningDataModule):
 
     def _split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(train indices, val indices) into the official train split; repeats in train when bootstrapping."""
-        if self.num_folds:
-            train_idx, val_idx = stratified_kfold(labels, self.num_folds, self.fold, self.seed)
-        else:
-            train_idx, val_idx = stratified_split(labels, self.val_size, self.seed, field="data.val_size")
-        if self.train_subset is not None:
-            train_idx = train_idx[stratified_subset(labels[train_idx], self.train_subset, self.seed)]
+        with field_prefix("data"):
+            if self.num_folds:
+                train_idx, val_idx = stratified_kfold(labels, self.num_folds, self.fold, self.seed)
+            else:
+                train_idx, val_idx = stratified_split(labels, self.val_size, self.seed)
+            if self.train_subset is not None:
+                subset = stratified_subset(labels[train_idx], self.train_subset, self.seed, field="train_subset")
+                train_idx = train_idx[subset]
         if self.bootstrap:
             train_idx = train_idx[bootstrap_indices(len(train_idx), self.seed)]
         return train_idx, val_idx
@@ -248,24 +250,25 @@ class CIFARDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         n = len(labels) if indices is None else len(indices)
         batch_size = self.batch_size if train else self.eval_batch_size
-        return DeviceBatchLoader(
-            images,
-            labels,
-            batch_size,
-            self.mean,
-            self.std,
-            train=train,
-            padding=self.padding,
-            flip=self.flip,
-            drop_last=train and -(-n // world) >= batch_size,
-            seed=self.seed,
-            rank=rank,
-            world_size=world,
-            channels_last=self.channels_last,
-            indices=None if indices is None else torch.from_numpy(indices),
-            layout="nchw",
-            resume_offset=self._batches_trained_this_epoch if train else None,
-        )
+        with field_prefix("data"):  # the loader names its own arguments (padding, batch_size)
+            return DeviceBatchLoader(
+                images,
+                labels,
+                batch_size,
+                self.mean,
+                self.std,
+                train=train,
+                padding=self.padding,
+                flip=self.flip,
+                drop_last=train and -(-n // world) >= batch_size,
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
+                channels_last=self.channels_last,
+                indices=None if indices is None else torch.from_numpy(indices),
+                layout="nchw",
+                resume_offset=self._batches_trained_this_epoch if train else None,
+            )
 
     def _workers_loader(self, split: str, indices: np.ndarray | None, train: bool) -> torch.utils.data.DataLoader:
         images, labels = self._arrays[split]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from augment.checks import check_int
 from augment.crop import _as_nchw, check_crop_args, shift_crop, to_normalized_float
 
 __all__ = ["DeviceBatchLoader", "ArrayDataset", "shard_indices"]
@@ -75,10 +76,8 @@ class DeviceBatchLoader:
             raise ValueError(f"images must be uint8 (N, H, W, C) or (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"data.batch_size must be an int >= 1, got {batch_size!r}")
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"data.padding must be an int >= 0, got {padding!r}")
+        check_int("batch_size", batch_size, low=1)
+        check_int("padding", padding, low=0)
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, world_size={world_size}")
         # Store channels first so each batch gather reads contiguous planes (the fastest crop layout).

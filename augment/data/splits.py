@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from augment.checks import check_int, is_int, is_real, require
+
 __all__ = [
     "stratified_split",
     "stratified_subset",
@@ -54,23 +56,20 @@ def _per_class_quota(counts: np.ndarray, total: int, rng: np.random.Generator) -
 
 def _resolve_count(val_size: int | float, n: int, field: str) -> int:
     """An int count or a float fraction of ``n`` -> an int count in [0, n)."""
-    rule = f"{field} must be an int count in [0, {n}) or a float fraction in [0, 1)"
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{rule}, got {val_size!r}")
-    if isinstance(val_size, (float, np.floating)):
-        if not 0.0 <= val_size < 1.0:
-            raise ValueError(f"{rule}, got {val_size}")
+    rule = f"an int count in [0, {n}) or a float fraction in [0, 1)"
+    require(is_real(val_size), field, rule, val_size)
+    if isinstance(val_size, float):
+        require(0.0 <= val_size < 1.0, field, rule, val_size)
         count = int(round(val_size * n))
-        if val_size > 0 and not 0 < count < n:
-            raise ValueError(f"{field}={val_size} rounds to {count} of {n} samples: use 0 (off) or a fraction giving 1..{n - 1}")
+        rule = f"0 (off) or a fraction giving 1..{n - 1} of {n} samples (it rounds to {count})"
+        require(val_size == 0 or 0 < count < n, field, rule, val_size)
         return count
-    if not 0 <= val_size < n:
-        raise ValueError(f"{rule}, got {val_size}")
+    require(0 <= val_size < n, field, rule, val_size)
     return int(val_size)
 
 
 def stratified_split(
-    labels: Sequence[int] | np.ndarray, val_size: int | float, seed: int = 0, field: str = "data.val_size"
+    labels: Sequence[int] | np.ndarray, val_size: int | float, seed: int = 0, field: str = "val_size"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hold out ``val_size`` samples (count or fraction) with per-class counts proportional to the class sizes.
 
@@ -95,12 +94,11 @@ def stratified_split(
 
 
 def stratified_subset(
-    labels: Sequence[int] | np.ndarray, size: int, seed: int = 0, field: str = "data.train_subset"
+    labels: Sequence[int] | np.ndarray, size: int, seed: int = 0, field: str = "size"
 ) -> np.ndarray:
     """Sorted indices of a class-balanced (proportional) random subset of ``size`` samples."""
     y = _as_labels(labels)
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= y.size:
-        raise ValueError(f"{field} must be an int in [1, {y.size}], got {size!r}")
+    require(is_int(size) and 1 <= size <= y.size, field, f"an int in [1, {y.size}]", size)
     if size == y.size:
         return np.arange(y.size, dtype=np.int64)
     return stratified_split(y, int(size), seed + 7919, field=field)[1]
@@ -115,10 +113,9 @@ def stratified_kfold(
     and so do the total fold sizes.
     """
     y = _as_labels(labels)
-    if isinstance(num_folds, bool) or not isinstance(num_folds, (int, np.integer)) or not 2 <= num_folds <= y.size:
-        raise ValueError(f"data.num_folds must be 0 (off) or an int in [2, {y.size}], got {num_folds!r}")
-    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < num_folds:
-        raise ValueError(f"data.fold must be an int in [0, {num_folds}) for num_folds={num_folds}, got {fold!r}")
+    require(is_int(num_folds) and 2 <= num_folds <= y.size, "num_folds", f"0 (off) or an int in [2, {y.size}]", num_folds)
+    ok = is_int(fold) and 0 <= fold < num_folds
+    require(ok, "fold", f"an int in [0, {num_folds}) for num_folds={num_folds}", fold)
     rng = np.random.default_rng([seed, _KFOLD])
     # Shuffle, then stable-sort by class: samples grouped by class, random order inside each class.
     shuffled = rng.permutation(y.size)
@@ -132,8 +129,7 @@ def stratified_kfold(
 
 def bootstrap_indices(n: int, seed: int = 0) -> np.ndarray:
     """``n`` indices drawn uniformly with replacement from [0, n), sorted (a bagging resample)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    check_int("n", n, low=1)
     rng = np.random.default_rng([seed, _BOOTSTRAP])
     return np.sort(rng.integers(0, n, size=n, dtype=np.int64))
 

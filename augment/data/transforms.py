@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from augment.checks import check_int
+
 __all__ = ["train_transform", "eval_transform", "WorkerSeeder", "reseed_transform"]
 
 _MISSING = "albumentations is required for the CPU loader path: pip install albumentations"
@@ -60,12 +62,10 @@ def train_transform(
     Returns an ``albumentations.Compose``; call it as ``t(image=hwc_uint8)["image"]``.
     """
     A, ToTensorV2, cv2 = _albumentations()
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"data.padding must be an int >= 0, got {padding!r}")
-    if isinstance(cutout_holes, bool) or not isinstance(cutout_holes, int) or cutout_holes < 0:
-        raise ValueError(f"data.cutout_holes must be an int >= 0, got {cutout_holes!r}")
-    if cutout_holes and (not isinstance(cutout_size, int) or cutout_size < 1):
-        raise ValueError(f"cutout_size must be an int >= 1, got {cutout_size!r}")
+    check_int("padding", padding, low=0)
+    check_int("cutout_holes", cutout_holes, low=0)
+    if cutout_holes:
+        check_int("cutout_size", cutout_size, low=1)
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     ops: list[Any] = []
     if padding:
