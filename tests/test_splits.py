@@ -65,7 +65,7 @@ def test_stratified_split_zero_and_errors():
         stratified_split(y, 0.0001, seed=0)
     with pytest.raises(ValueError, match="^data.val_size must be"), field_prefix("data"):
         stratified_split(y, 500, seed=0)
-    with pytest.raises(ValueError, match="rounds to 500 of 500"):
+    with pytest.raises(ValueError, match=r"of 500 samples \(it rounds to 500\)"):
         stratified_split(y, 0.9999, seed=0)
 
 
