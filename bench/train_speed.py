@@ -7,7 +7,7 @@ images that live on the device with per-sample random crop (reflect pad 4) + fli
 - plain: this file's loop. One `index_select` per batch gathers crop + flip from the uint8 (N, H, W, C)
   store (reflection folded into the index), one fused multiply-add normalizes; no host sync per step.
 - lightning: `models.cli.CifarCLI` (the objects train.py builds: CifarClassifier, CIFARDataModule with
-  `loader="gpu"`, the same callbacks, TensorBoard logger), no validation split, progress bar off,
+  `loader="device"`, the same callbacks, TensorBoard logger), no validation split, progress bar off,
   checkpointing off and on.
 - `--mix on`: both apply the project's per-sample Mixup/CutMix switch (`augment.pipeline`), so the
   ratio still isolates framework overhead.
@@ -17,7 +17,7 @@ of every run is reported apart and left out of the steady s/epoch mean. Epochs a
 after a device sync on CUDA, in this process's CPU time on CPU (a shared machine; one torch thread).
 Peak memory is `torch.cuda.max_memory_allocated` per run (reset between runs). One markdown table
 comes last. `--profile` instead counts torch ops per step and tensor-to-host reads per epoch of both
-loops (`HostSyncAudit`); see docs/performance.md.
+loops (`bench.host_sync.HostSyncAudit`); see docs/performance.md.
 
     python -m bench.train_speed --device cuda --data-root data/cifar10     # GPU: resnet18, bf16, batch 512
     python -m bench.train_speed --device cpu --repeats 3                    # CPU: test_resnet, 2048 images
@@ -27,17 +27,14 @@ loops (`HostSyncAudit`); see docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import gc
 import math
 import platform
-import re
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 import unittest.mock
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,11 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
-from torch.overrides import TorchFunctionMode
 
 from augment.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 from augment.pipeline import build_batch_augment
 from augment.data.splits import stratified_subset
+from bench.host_sync import HostSyncAudit, epoch_window, profile_tables
 from models.backbones import create_model
 
 __all__ = [
@@ -68,7 +65,6 @@ __all__ = [
     "device_dataset_bytes",
     "write_imagefolder",
     "train_subset",
-    "HostSyncAudit",
     "profile_steps",
     "merge_repeats",
     "markdown_table",
@@ -76,7 +72,6 @@ __all__ = [
 ]
 
 NUM_CLASSES = 10
-_REPO = Path(__file__).resolve().parents[1]
 MIX_CONFIG = {
     "mixup": {"alpha": 0.2},
     "cutmix": {"alpha": 1.0},
@@ -412,7 +407,7 @@ def _cli_args(settings: Settings, root: Path, mix: bool, workdir: Path, subset: 
         },
         "model": model,
         "data": {"dataset": "cifar10", "root": str(root), "download": False, "val_size": 0,
-                 "batch_size": settings.batch_size, "loader": "gpu", "train_subset": subset, "seed": settings.seed,
+                 "batch_size": settings.batch_size, "loader": "device", "train_subset": subset, "seed": settings.seed,
                  "channels_last": settings.channels_last},
         "run_test": False,
     }
@@ -539,77 +534,6 @@ def _measure(device: torch.device, train: Callable[..., RunResult], *args: Any) 
 
 # ------------------------------------------------------------------------------------------------ profile
 
-# Calls that copy a tensor's value to the host: on an accelerator each one waits for the device.
-_SYNC_METHODS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "nonzero")
-
-
-class HostSyncAudit(TorchFunctionMode):
-    """Count tensor-to-host reads (`.item()`, `.cpu()`, `bool(t)`, ...) by call site (file:line outside torch).
-
-    Explicit reads are counted on any device (on a GPU each one waits for the device); `.to("cpu")` only
-    when the tensor is off the host (on a CPU run `.to(device)` cannot be told apart from a host copy).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sites: collections.Counter[tuple[str, str]] = collections.Counter()
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if args and isinstance(args[0], torch.Tensor):
-            off_host = args[0].device.type != "cpu"
-            to_host = name == "to" and off_host and any(_is_cpu(a) for a in (*args[1:], *kwargs.values()))
-            if name in _SYNC_METHODS or to_host:
-                self.sites[(_call_site(), name)] += 1
-        return func(*args, **kwargs)
-
-
-def _is_cpu(value: Any) -> bool:
-    return (isinstance(value, torch.device) and value.type == "cpu") or value == "cpu"
-
-
-def _call_site() -> str:
-    """file:line of the innermost frame outside torch itself, relative to the repo or site-packages."""
-    for frame in reversed(traceback.extract_stack()[:-2]):  # drop _call_site and __torch_function__
-        path = frame.filename.replace("\\", "/")
-        if re.search(r"/(site|dist)-packages/torch/", path):
-            continue
-        if path.startswith(f"{_REPO}/"):
-            return f"{path[len(str(_REPO)) + 1:]}:{frame.lineno}"
-        return f"{re.split(r'/(?:site|dist)-packages/', path)[-1]}:{frame.lineno}"
-    return "?"
-
-
-def _epoch_window(enter: Callable[[], Any], exit_: Callable[[], Any]) -> Any:
-    """A callback that calls `enter()` at the start of epoch 1 and `exit_()` when epoch 1 ends (before epoch 2)."""
-    import pytorch_lightning as pl
-
-    class EpochWindow(pl.Callback):
-        def __init__(self) -> None:
-            self.open = False
-            self.steps = 0
-
-        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if trainer.current_epoch == 1:
-                enter()
-                self.open = True
-            elif self.open:
-                self.close()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-            self.steps += int(self.open)
-
-        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if self.open:
-                self.close()
-
-        def close(self) -> None:
-            self.open = False
-            exit_()
-
-    return EpochWindow()
-
 
 def profile_steps(settings: Settings, root: Path, images: np.ndarray, labels: np.ndarray, subset: int | None) -> str:
     """Epoch 1 of both loops under torch.profiler (op counts) and HostSyncAudit (tensor-to-host call sites)."""
@@ -634,29 +558,14 @@ def profile_steps(settings: Settings, root: Path, images: np.ndarray, labels: np
         light_audit.__exit__(None, None, None)
         light_prof.__exit__(None, None, None)
 
-    window = _epoch_window(enter, exit_)
+    window = epoch_window(enter, exit_)
     with tempfile.TemporaryDirectory() as tmp:
         cli = _lightning_trainer(settings, root, False, False, Path(tmp), subset, [window])
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    steps = loop.steps_per_epoch
     plain_ops = {e.key: e.count for e in plain_prof.key_averages()}
     light_ops = {e.key: e.count for e in light_prof.key_averages()}
-    keys = sorted(set(plain_ops) | set(light_ops), key=lambda k: plain_ops.get(k, 0) - light_ops.get(k, 0))
-    lines = [f"### torch ops in one epoch ({steps} steps; Lightning: {window.steps} steps), largest excess first", "",
-             "| op | plain / step | lightning / step | extra / step |", "| --- | --- | --- | --- |"]
-    for key in [k for k in keys if light_ops.get(k, 0) > plain_ops.get(k, 0)][:20]:
-        a, b = plain_ops.get(key, 0) / steps, light_ops.get(key, 0) / max(window.steps, 1)
-        lines.append(f"| {key} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
-    a, b = sum(plain_ops.values()) / steps, sum(light_ops.values()) / max(window.steps, 1)
-    lines.append(f"| (all ops) | {a:.0f} | {b:.0f} | {b - a:+.0f} |")
-    lines += ["", "### tensor-to-host calls in one epoch (each one a device sync on a GPU)", "",
-              "| loop | call site | call | per epoch |", "| --- | --- | --- | --- |"]
-    for loop_name, audit in (("plain", plain_audit), ("lightning", light_audit)):
-        for (site, name), count in audit.sites.most_common(20):
-            lines.append(f"| {loop_name} | {site} | {name} | {count} |")
-        if not audit.sites:
-            lines.append(f"| {loop_name} | (none) | | 0 |")
-    return "\n".join(lines)
+    audits = {"plain": plain_audit, "lightning": light_audit}
+    return profile_tables(plain_ops, light_ops, loop.steps_per_epoch, window.steps, audits)
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -13,6 +13,8 @@ import pickle
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,19 @@ from augment.pipeline import SECTIONS
 from models.callbacks import (
     AugmentedImageGrid,
     ConfusionMatrixLogger,
+    FitProgress,
     HparamsWithFinalMetrics,
+    LearningRateLogger,
     NonFiniteLossGuard,
+    StepAxis,
+    TrainingSpeedMonitor,
+    TrainValLayout,
 )
 from models.checkpoint_io import AtomicCheckpointIO
 from models.classifier import CifarClassifier
 from models.regularizers import WeightNoise
+from models.run_dir import logs_under_root_dir
+from models.run_summary import print_run_summary
 from models.sharpness import Sharpness
 
 __all__ = ["CifarCLI", "LastCheckpoint", "UserError", "run", "main"]
@@ -77,10 +86,14 @@ def _trainer_defaults() -> dict[str, Any]:
         "default_root_dir": "runs",
         "logger": {
             "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": "runs", "name": "cifar", "default_hp_metric": False},
+            "init_args": {"save_dir": "", "name": "cifar", "default_hp_metric": False},  # "": default_root_dir
         },
         "callbacks": [
-            LearningRateMonitor(logging_interval="epoch"),
+            LearningRateLogger(logging_interval="step"),  # every log_every_n_steps; one curve for shared rates
+            StepAxis(),
+            TrainValLayout(),
+            TrainingSpeedMonitor(),
+            FitProgress(),
             AugmentedImageGrid(),
             ConfusionMatrixLogger(),
             NonFiniteLossGuard(check_every_n_steps=50),  # one host sync per 50 steps, exact step still named
@@ -92,27 +105,43 @@ def _trainer_defaults() -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _program_name_only() -> Iterator[None]:
+    """``sys.argv`` reduced to the program name while the CLI parses its own ``args``."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 class CifarCLI(LightningCLI):
     """LightningCLI with the project's callbacks as top-level config sections and `ckpt_path` to resume."""
 
     def __init__(self, args: list[str] | dict | Namespace | None = None, **kwargs: Any) -> None:
-        super().__init__(
-            CifarClassifier,
-            CIFARDataModule,
-            run=False,
-            args=args,
-            auto_configure_optimizers=False,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults=_trainer_defaults(),
-            **{"parser_kwargs": {"exit_on_error": False}, **kwargs},  # parse errors raise: main() prints one line
-        )
+        """``args`` None: the command line (``sys.argv[1:]``); otherwise only ``args`` is read."""
+        if args is None:
+            args = sys.argv[1:]
+        with _program_name_only():  # Lightning would otherwise also look at the caller's sys.argv
+            super().__init__(
+                CifarClassifier,
+                CIFARDataModule,
+                run=False,
+                args=args,
+                auto_configure_optimizers=False,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                trainer_defaults=_trainer_defaults(),
+                **{"parser_kwargs": {"exit_on_error": False}, **kwargs},  # parse errors raise: main() prints one line
+            )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then reject values Lightning would report without naming the field (before seeding)."""
         super().parse_arguments(parser, args)
         _check_seed(self.config.get("seed_everything"))
         _check_accelerator(self.config.get("trainer.accelerator"))
+        logs_under_root_dir(self.config)
 
     def instantiate_classes(self) -> None:
         """Instantiate; a model config section's error gets its YAML path (`model.mixup.alpha`)."""
@@ -253,8 +282,11 @@ def _final_metrics(
     return metrics
 
 
-def run(args: list[str] | dict | None = None) -> dict[str, Any]:
-    """Parse config, fit (resuming from `ckpt_path` if given), test the selected checkpoint; return metrics."""
+def run(args: list[str] | dict | None = None, print_summary: bool = False) -> dict[str, Any]:
+    """Parse config, fit (resuming from `ckpt_path` if given), test the selected checkpoint; return metrics.
+
+    `print_summary`: end with `models.run_summary.run_summary` on stdout (train.py does).
+    """
     cli = CifarCLI(args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     config = cli.config
@@ -276,7 +308,10 @@ def run(args: list[str] | dict | None = None) -> dict[str, Any]:
         use_best = datamodule.has_val and ckpt is not None and bool(ckpt.best_model_path)
         best = ckpt.best_model_path if use_best else None  # a path: "best" warns with two ModelCheckpoints
         test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
-    return _final_metrics(trainer, fit_metrics, test_results, fit_time_s)
+    metrics = _final_metrics(trainer, fit_metrics, test_results, fit_time_s)
+    if print_summary:
+        print_run_summary(trainer, metrics)
+    return metrics
 
 
 def _one_line(err: BaseException) -> str:
@@ -293,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of train.py: one-line errors and exit code 2 for user errors, no traceback."""
     torch.set_float32_matmul_precision("high")
     try:
-        run(argv)
+        run(argv, print_summary=True)
     except USER_ERRORS as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

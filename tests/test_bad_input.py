@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_imagefolder
+from helpers import make_imagefolder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
@@ -212,7 +212,6 @@ def test_bad_input_gives_one_line_error_and_no_result(
     from models.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # LightningCLI would also read pytest's arguments
     _inputs(tmp_path)
     extra = [arg.replace("{tmp}", str(tmp_path)) for arg in extra]
     code = main(cli_args(data_roots[data], tmp_path / "runs", *extra))

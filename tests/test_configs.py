@@ -19,7 +19,7 @@ import yaml
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
-from conftest import REPO, main_cli, tiny_args
+from helpers import REPO, main_cli, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,15 +33,10 @@ NOT_INSTANTIATED = ("root", "download")  # pointed elsewhere by every test
 
 
 def _cli(*args: str) -> Any:
-    """`CifarCLI(args)` (instantiates model, datamodule and trainer; runs nothing), sys.argv cleared."""
+    """`CifarCLI(args)` (instantiates model, datamodule and trainer; runs nothing)."""
     from models.cli import CifarCLI
 
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        return CifarCLI(list(args))
-    finally:
-        sys.argv = saved
+    return CifarCLI(list(args))
 
 
 def _yaml(path: Path) -> dict[str, Any]:

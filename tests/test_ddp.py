@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_imagefolder
+from helpers import make_imagefolder
 from test_bad_input import cli_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,6 @@ def test_two_process_cpu_ddp_matches_single_process(data: Path, tmp_path: Path, 
 
     # Meanwhile (2 cores: it mostly waits for DDP), the single-process baseline in this process.
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

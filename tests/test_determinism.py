@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import make_imagefolder
+from helpers import make_imagefolder
 from test_bad_input import cli_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
@@ -54,11 +54,7 @@ def _run(root: Path, workdir: Path, *extra: str) -> tuple[dict, dict[str, torch.
     """models.cli.run metrics (minus wall time and paths) and the final weights of last.ckpt."""
     from models.cli import run
 
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        metrics = run(cli_args(root, workdir, "--trainer.max_epochs", "2", *RANDOM_REGULARIZERS, *extra))
-    finally:
-        sys.argv = argv
+    metrics = run(cli_args(root, workdir, "--trainer.max_epochs", "2", *RANDOM_REGULARIZERS, *extra))
     (last,) = workdir.rglob("last.ckpt")
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     return {k: v for k, v in metrics.items() if k not in ("fit_time_s", "log_dir")}, state
@@ -98,11 +94,7 @@ def _batches(root: Path, workdir: Path, *extra: str) -> list[list[torch.Tensor]]
     """Training batches of a 2-epoch fit through CifarCLI (the objects train.py builds)."""
     from models.cli import CifarCLI
 
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        cli = CifarCLI(cli_args(root, workdir, "--trainer.max_epochs", "2", "--data.batch_size", "4", *extra))
-    finally:
-        sys.argv = argv
+    cli = CifarCLI(cli_args(root, workdir, "--trainer.max_epochs", "2", "--data.batch_size", "4", *extra))
     recorder = BatchRecorder()
     cli.trainer.callbacks.append(recorder)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_imagefolder
+from helpers import make_imagefolder
 from test_bad_input import cli_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,6 @@ def _uninterrupted_then_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     data = make_imagefolder(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=2)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -219,6 +218,5 @@ def test_cli_trainer_writes_checkpoints_atomically(tmp_path: Path, monkeypatch: 
 
     data = make_imagefolder(tmp_path / "data", num_classes=2, train_per_class=4, test_per_class=1)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
     cli = CifarCLI(cli_args(data, tmp_path / "runs", "--data.val_size", "2"))
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_imagefolder
+from helpers import make_imagefolder
 from test_bad_input import cli_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest

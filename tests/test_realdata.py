@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, read_tensorboard, run_cli
+from helpers import REPO, read_tensorboard, run_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -15,7 +15,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import read_tensorboard, run_cli, tiny_args
+from helpers import read_tensorboard, run_cli, tiny_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -172,7 +172,8 @@ def test_linear_lr_needs_batch_size_and_scales_lr(tmp_path: Path) -> None:
 
 
 def test_grid_expands_variants_with_group(tmp_path: Path) -> None:
-    study = load_study(_write_study(tmp_path, variants=[{"name": "k", "grid": {"data.fold": [0, 1]}, "overrides": {"x.y": 1}}]))
+    variants = [{"name": "k", "grid": {"data.fold": [0, 1]}, "overrides": {"x.y": 1}}]
+    study = load_study(_write_study(tmp_path, variants=variants))
     assert [(v.name, v.group, v.overrides) for v in study.variants] == [
         ("k_fold0", "k", {"x.y": 1, "data.fold": 0}),
         ("k_fold1", "k", {"x.y": 1, "data.fold": 1}),
@@ -269,6 +270,28 @@ def test_lr_sweep_picks_best_validation_lr_and_never_tests(tmp_path: Path) -> No
     assert _arg(fake.calls[0], "model.optimizer.lr") == "0.1"
 
 
+def test_lr_sweep_and_study_write_one_record_format(tmp_path: Path) -> None:
+    """Both go through one run loop: the same run gives the same record in lr_sweep.csv and results.csv."""
+    study = load_study(
+        _write_study(tmp_path, seeds=[0], variants=[{"name": "a", "lr_grid": [0.1]}, {"name": "b", "lr_grid": [0.1]}])
+    )
+    fake = FakeRun(fail={"b"})
+    out = tmp_path / "out"
+    assert lr_sweep(study, "ci", out, run_fn=fake) == {"a": 0.1}
+    run_study(study, "ci", out, swept_lrs={"a": 0.1, "b": 0.1}, run_fn=fake)
+    sweep, runs = read_rows(out / "toy/lr_sweep.csv"), read_rows(out / "toy/results.csv")
+    shared = [c for c in SWEEP_COLUMNS if c != "log_dir"]
+    assert [{c: r[c] for c in shared} for r in sweep] == [{c: r[c] for c in shared} for r in runs]
+    assert [(r["variant"], r["lr"], r["status"], r["val_acc"]) for r in sweep] == [
+        ("a", "0.1", "ok", "0.51"), ("b", "0.1", "error", "")
+    ]  # fmt: skip
+    assert sweep[1]["message"] == "ValueError: model.label_smoothing must be in [0, 1), got 2"
+    assert Path(sweep[0]["log_dir"]) == out / "toy/lr_sweep/toy/a/ci_lr0.1_seed0"
+    assert Path(runs[0]["log_dir"]) == out / "toy/a/ci_seed0"
+    assert [_arg(c, "run_test") for c in fake.calls[:2]] == ["false", "false"]
+    assert all("--run_test" not in c for c in fake.calls[2:])
+
+
 def test_main_reports_user_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = _write_study(tmp_path)
     assert main([str(path), "--scale", "huge", "--out", str(tmp_path / "o")]) == 2
@@ -311,7 +334,8 @@ def test_ensemble_summary_groups_stored_probs(tmp_path: Path) -> None:
         d.mkdir()
         np.save(d / "probs_test.npy", p.astype(np.float32))
         np.save(d / "labels_test.npy", labels)
-        rows.append({"scale": "ci", "status": "ok", "group": "g" if name != "r2" else "h", "variant": name, "log_dir": str(d)})
+        group = "g" if name != "r2" else "h"
+        rows.append({"scale": "ci", "status": "ok", "group": group, "variant": name, "log_dir": str(d)})
     rows.append({"scale": "ci", "status": "error", "group": "g", "variant": "x", "log_dir": str(tmp_path / "none")})
     summary = {e["group"]: e for e in ensemble.ensemble_summary(rows, "ci")}
     assert summary["g"]["n"] == 2 and summary["g"]["single_mean"] == 0.75
@@ -370,7 +394,8 @@ def counted_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 
 def _study_main(name: str, out: Path, data: Path, *extra: str) -> int:
-    return main([str(REPO_ROOT / f"configs/studies/{name}.yaml"), "--scale", "ci", "--out", str(out), "--set", f"data.root={data}", *extra])
+    study = str(REPO_ROOT / f"configs/studies/{name}.yaml")
+    return main([study, "--scale", "ci", "--out", str(out), "--set", f"data.root={data}", *extra])
 
 
 def test_every_study_variant_instantiates_at_ci_scale(tiny_data: Path) -> None:
@@ -414,7 +439,7 @@ def test_failing_variant_recorded_with_real_cli(tiny_data: Path, tmp_path: Path)
     assert main([str(path), "--scale", "ci", "--out", str(tmp_path / "out"), "--set", f"data.root={tiny_data}"]) == 0
     rows = read_rows(tmp_path / "out/toy/results.csv")
     assert [(r["variant"], r["status"]) for r in rows] == [("bad", "error"), ("good", "ok")]
-    assert rows[0]["message"].startswith("ValueError: mixup.alpha must be")
+    assert rows[0]["message"].startswith("ValueError: model.mixup.alpha must be")
 
 
 def test_norms_ci_small_batch_group_norm(tiny_data: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
-from conftest import (
+from helpers import (
     REPO,
     checkpoint_test_loss,
     read_tensorboard,

@@ -1,4 +1,4 @@
-"""bench/train_speed.py on CPU in its smallest mode, plus the pieces its numbers rest on."""
+"""bench/train_speed.py on CPU in its smallest mode, plus the pieces its numbers rest on (bench/host_sync.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.host_sync import HostSyncAudit
 from bench.train_speed import (
-    HostSyncAudit,
     RunResult,
     crop_flip_normalize,
     device_dataset_bytes,
@@ -133,7 +133,7 @@ def test_subset_is_the_one_the_datamodule_trains_on(tmp_path: Path) -> None:
     images, labels = synthetic_cifar(60, seed=1)
     root = write_imagefolder(tmp_path / "data", images, labels, test_per_class=1)
     with pytest.warns(UserWarning, match="val_size is 0"):
-        dm = CIFARDataModule(dataset="cifar10", root=str(root), val_size=0, train_subset=20, seed=3, loader="cpu")
+        dm = CIFARDataModule(dataset="cifar10", root=str(root), val_size=0, train_subset=20, seed=3, loader="workers")
     dm.setup("fit")
     sub_images, sub_labels = train_subset(images, labels, 20, seed=3)
     dm_images, dm_labels = dm._arrays["train"]

@@ -1,0 +1,104 @@
+"""`python -m bench.study`: the command line of the study runner; user errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.study.args import run_key
+from bench.study.check import check_study
+from bench.study.records import read_rows
+from bench.study.report import write_report
+from bench.study.runner import chosen_lrs, lr_sweep, run_study
+from bench.study.spec import load_study
+
+__all__ = ["main"]
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set must be key=value, got {item!r}")
+        extra[key.lstrip("-")] = yaml.safe_load(value) if value else ""
+    return extra
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.study",
+        description="Study runner: variants x seeds of `models.cli.run`, one CSV row per run, tables and a plot.",
+    )
+    p.add_argument("study", help="study YAML (configs/studies/*.yaml)")
+    p.add_argument("--out", default="runs/studies", help="output root; the study writes <out>/<name>/")
+    p.add_argument("--scale", default="cpu", help="budget: a key of the study's scales (cpu, short, long, ...)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the study's seeds)")
+    p.add_argument("--only", default="", help="comma-separated variant or group names")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run")  # fmt: skip
+    p.add_argument("--lr-sweep", action="store_true",
+                   help="fit each variant's lr_grid, pick LRs on validation accuracy")  # fmt: skip
+    p.add_argument("--use-swept-lr", metavar="SWEEP_SCALE", help="use the LRs chosen by the sweep run at this scale")
+    p.add_argument("--check", action="store_true", help="parse every variant's config, print the args, fit nothing")
+    p.add_argument("--threads", type=int, help="torch CPU threads (tiny CPU models on a busy machine: 1)")
+    p.add_argument("--report-only", action="store_true", help="rewrite results.md / results.png from results.csv")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; user errors print one line and return 2."""
+    opts = _parser().parse_args(argv)
+    try:
+        return _main(opts)
+    except ValueError as err:
+        from models.cli import _one_line
+
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _main(opts: argparse.Namespace) -> int:
+    study = load_study(opts.study)
+    only = [x for x in opts.only.split(",") if x]
+    extra = _parse_set(opts.sets)
+    out = Path(opts.out)
+    if opts.report_only:
+        write_report(study, read_rows(out / study.name / "results.csv"), out / study.name)
+        print(f"wrote {out / study.name / 'results.md'}")
+        return 0
+    if opts.check:
+        problems = check_study(study, opts.scale, extra, only)
+        for name, problem in problems.items():
+            print(f"{name}: {'ok' if not problem else problem}")
+        return 2 if any(problems.values()) else 0
+    if opts.lr_sweep:
+        chosen = lr_sweep(study, opts.scale, out, opts.seeds, only, extra)
+        for name, lr in chosen.items():
+            print(f"{name}: lr {lr:g}")
+        return 0
+    swept = None
+    if opts.use_swept_lr:
+        swept = chosen_lrs(read_rows(out / study.name / "lr_sweep.csv"), opts.use_swept_lr)
+        if not swept:
+            raise ValueError(
+                f"--use-swept-lr must name a scale with ok rows in lr_sweep.csv, got {opts.use_swept_lr!r}"
+            )
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    start = time.perf_counter()
+    rows = run_study(study, opts.scale, out, opts.seeds, only, extra, swept)
+    ok = {run_key(r["variant"], r["seed"], r["scale"]) for r in rows if r["status"] == "ok"}
+    errors = len({run_key(r["variant"], r["seed"], r["scale"]) for r in rows if r["scale"] == opts.scale} - ok)
+    print(f"[study {study.name}] done in {time.perf_counter() - start:.0f} s; {errors} failed; "
+          f"see {out / study.name}/results.md")  # fmt: skip
+    return 0
