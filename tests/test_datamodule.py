@@ -48,7 +48,8 @@ def test_properties_available_after_init(tree):
     assert dm.num_classes == 4 and dm.class_names == list(CLASSES)
     images, _, _ = load_dataset("imagefolder", tree, "train")
     mean, std = channel_stats(images)
-    np.testing.assert_allclose(dm.mean, mean) and np.testing.assert_allclose(dm.std, std)
+    np.testing.assert_allclose(dm.mean, mean)
+    np.testing.assert_allclose(dm.std, std)
     cifar = CIFARDataModule(root="/nonexistent")  # CIFAR facts need no data on disk
     assert cifar.num_classes == 10 and cifar.mean == CIFAR10_MEAN
     c100 = CIFARDataModule(dataset="cifar100", root="/nonexistent")

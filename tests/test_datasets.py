@@ -245,7 +245,8 @@ def test_dataset_stats_constants_and_imagefolder(tmp_path, monkeypatch):
     truth = _write_tree(tmp_path)
     mean, std = dataset_stats("imagefolder", tmp_path)
     expected = channel_stats(truth["train"][0])
-    np.testing.assert_allclose(mean, expected[0]) and np.testing.assert_allclose(std, expected[1])
+    np.testing.assert_allclose(mean, expected[0])
+    np.testing.assert_allclose(std, expected[1])
     monkeypatch.setattr(datasets, "channel_stats", lambda images: (_ for _ in ()).throw(AssertionError("recomputed")))
     again = dataset_stats("imagefolder", tmp_path)  # remembered in the cache metadata
     np.testing.assert_allclose(again[0], mean)
