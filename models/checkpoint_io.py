@@ -22,9 +22,21 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "TEMP_SUFFIX"]
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, ...); every earlier checkpoint is kept as it was."""
+
+    def __init__(self, path: Path, err: OSError) -> None:
+        reason = err.strerror or str(err) or type(err).__name__
+        self.message = f"cannot write checkpoint {path}: {reason}; the earlier checkpoints are kept"
+        super().__init__(err.errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _temp_path(path: Path) -> Path:
@@ -62,14 +74,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, permissions: the previous file at `path` is untouched
+        raise CheckpointWriteError(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)

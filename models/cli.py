@@ -9,10 +9,11 @@ checkpoint once on the test split. `run(args)` does the same from Python and ret
 from __future__ import annotations
 
 import argparse
-import pickle
+import os
+import shlex
+import signal
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +40,10 @@ from models.callbacks import (
     TrainingSpeedMonitor,
     TrainValLayout,
 )
-from models.checkpoint_io import AtomicCheckpointIO
+from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
+from models.preflight import RunFolder, check_meaningful, check_settings
+from models.resume import check_resumable, continue_checkpoint_dir, read_checkpoint
 from models.regularizers import WeightNoise
 from models.run_dir import logs_under_root_dir
 from models.run_summary import print_run_summary
@@ -56,6 +59,7 @@ USER_ERRORS = (
     NotADirectoryError,
     ImportError,
     FloatingPointError,
+    CheckpointWriteError,
     MisconfigurationException,
     argparse.ArgumentError,
 )
@@ -74,11 +78,18 @@ class LastCheckpoint(ModelCheckpoint):
     Lightning >= 2.6 refreshes a monitored ModelCheckpoint's `save_last` file only in epochs that also
     save a new top-k file, so there `last.ckpt` is the stale best epoch whenever val/acc did not
     improve (and `save_last="link"` links it to that stale file). This unmonitored top-1 checkpoint
-    named `last` is rewritten every epoch instead; its own class keeps its state key distinct.
+    named `last` is rewritten at the end of every training epoch instead (after that epoch's validation,
+    when it has one); its own class keeps its state key distinct.
     """
 
     def __init__(self) -> None:
-        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+        super().__init__(
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,  # every training epoch, whatever check_val_every_n_epoch is
+        )
 
 
 def _trainer_defaults() -> dict[str, Any]:
@@ -141,6 +152,7 @@ class CifarCLI(LightningCLI):
         super().parse_arguments(parser, args)
         _check_seed(self.config.get("seed_everything"))
         _check_accelerator(self.config.get("trainer.accelerator"))
+        check_settings(self.config)
         logs_under_root_dir(self.config)
 
     def instantiate_classes(self) -> None:
@@ -181,6 +193,9 @@ class CifarCLI(LightningCLI):
         parser.add_lightning_class_args(Sharpness, "sharpness")  # off unless sharpness.enable: true
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="Checkpoint to resume fit from.")
         parser.add_argument("--run_test", type=bool, default=True, help="Test the selected checkpoint after fit.")
+        parser.add_argument(
+            "--overwrite", type=bool, default=False, help="Replace an earlier run in the same run folder."
+        )
 
 
 def _check_seed(seed: Any) -> None:
@@ -195,57 +210,6 @@ def _check_accelerator(accelerator: Any) -> None:
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if (accelerator == "cuda" and not cuda) or (accelerator == "mps" and not mps) or not (cuda or mps):
         raise ValueError(f"trainer.accelerator must be cpu or auto on a machine without a {accelerator} device, got {accelerator!r}")
-
-
-_CKPT_ALIASES = ("last", "best", "hpc", "registry")
-
-
-def _check_ckpt_path(ckpt_path: Any, model: torch.nn.Module) -> None:
-    """A local ckpt_path must be a complete Lightning checkpoint whose weights fit `model` (names and shapes)."""
-    if ckpt_path is None or ckpt_path in _CKPT_ALIASES or "://" in str(ckpt_path):
-        return
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ValueError(f"ckpt_path must be an existing checkpoint file, got {ckpt_path!r}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(path))
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"ckpt_path must be a complete torch checkpoint, got {ckpt_path!r} ({reason})") from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"ckpt_path must be a Lightning checkpoint with a state_dict, got {ckpt_path!r}")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-    if missing or unexpected or reshaped:
-        first = (missing or unexpected or reshaped)[0]
-        raise ValueError(
-            f"ckpt_path must hold weights of this model config, got {ckpt_path!r}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(reshaped)} reshaped tensors (e.g. {first!r}); "
-            "resume with the config that wrote the checkpoint"
-        )
-
-
-def _continue_checkpoint_dir(trainer: Any, ckpt_path: Any) -> None:
-    """Resuming from a file a ModelCheckpoint wrote: keep saving checkpoints in that folder.
-
-    Lightning restores a ModelCheckpoint's best score and top-k only when its folder is unchanged; a
-    resumed run logs to a new TensorBoard version, so without this the best checkpoint would be picked
-    among the resumed epochs only.
-    """
-    if ckpt_path is None or ckpt_path in _CKPT_ALIASES or "://" in str(ckpt_path):
-        return
-    folder = Path(ckpt_path).resolve().parent
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(ckpt_path))
-    states = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
-    dirs = {state.get("dirpath") for state in states.values() if isinstance(state, dict)}
-    if any(d and Path(d).resolve() == folder for d in dirs):
-        for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = str(folder)
 
 
 def _without_validation(trainer: Any) -> None:
@@ -282,6 +246,42 @@ def _final_metrics(
     return metrics
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during fit; ``checkpoint``: the last finished epoch's ``last.ckpt`` (None if none yet)."""
+
+    def __init__(self, checkpoint: str | None) -> None:
+        super().__init__(checkpoint)
+        self.checkpoint = checkpoint
+
+
+def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any) -> None:
+    """``trainer.fit``; Ctrl-C (Lightning turns it into SystemExit and ignores SIGINT afterwards) becomes
+    :class:`RunInterrupted`, with the default SIGINT handler back."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        saved = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
+        last = next((path for path in saved if path and os.path.isfile(path)), None)
+        raise RunInterrupted(last) from None
+
+
+def _claim_run_folder(trainer: Any, config: Any) -> None:
+    """Refuse to write into a folder that holds an earlier run (see `models.preflight.RunFolder`)."""
+    checkpoint_dirs = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+    if checkpoint_dirs:
+        checkpoint_dir, key = checkpoint_dirs[0], "checkpoint.dirpath"
+    elif trainer.loggers:
+        checkpoint_dir, key = os.path.join(trainer.log_dir, "checkpoints"), "trainer.logger.init_args.version"
+    else:
+        checkpoint_dir, key = os.path.join(trainer.default_root_dir, "checkpoints"), "trainer.default_root_dir"
+    value = config.get(key) if key != "trainer.logger.init_args.version" else getattr(trainer.logger, "version", None)
+    folder = RunFolder(trainer.log_dir if trainer.loggers else None, checkpoint_dir, bool(trainer.loggers))
+    folder.claim(config.get("ckpt_path"), bool(config.get("overwrite")), key, value)
+
+
 def run(args: list[str] | dict | None = None, print_summary: bool = False) -> dict[str, Any]:
     """Parse config, fit (resuming from `ckpt_path` if given), test the selected checkpoint; return metrics.
 
@@ -294,12 +294,19 @@ def run(args: list[str] | dict | None = None, print_summary: bool = False) -> di
         _without_validation(trainer)
     if not trainer.loggers:  # trainer.logger false: LearningRateMonitor would refuse to start
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
-    _check_ckpt_path(config.get("ckpt_path"), model)
-    _continue_checkpoint_dir(trainer, config.get("ckpt_path"))
-    if config.get("run_test", True) and not datamodule.download:
-        datamodule.setup("test")  # a missing or broken test split fails now, not after the whole fit
+    ckpt_path = config.get("ckpt_path")
+    checkpoint = read_checkpoint(ckpt_path)  # the one read of the resume checkpoint before Lightning's own
+    check_resumable(ckpt_path, checkpoint, model)
+    if not datamodule.download:  # data and splits are read now: their errors come before any folder is written
+        datamodule.setup("fit")
+        check_meaningful(config, model.hparams, datamodule.image_size, datamodule.num_classes)
+        if config.get("run_test", True):
+            datamodule.setup("test")  # a missing or broken test split fails now, not after the whole fit
+    _claim_run_folder(trainer, config)
+    continue_checkpoint_dir(trainer, ckpt_path, checkpoint)
+    del checkpoint
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
+    _fit(trainer, model, datamodule, ckpt_path)
     fit_time_s = time.perf_counter() - start
     fit_metrics = _scalar_metrics(trainer)
     test_results: list[dict] = []
@@ -324,12 +331,36 @@ def _one_line(err: BaseException) -> str:
     return lines[0]
 
 
+def resume_command(argv: list[str], checkpoint: str) -> str:
+    """The train.py command line that continues a run from ``checkpoint`` (any earlier --ckpt_path dropped)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["python", "train.py", *kept, "--ckpt_path", checkpoint])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of train.py: one-line errors and exit code 2 for user errors, no traceback."""
+    """Entry point of train.py: one-line errors and exit code 2 for user errors, 130 for Ctrl-C; no traceback."""
     torch.set_float32_matmul_precision("high")
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         run(argv, print_summary=True)
     except USER_ERRORS as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:
+        if err.checkpoint:
+            print(f"interrupted: the last finished epoch is saved; resume with: {resume_command(argv, err.checkpoint)}",
+                  file=sys.stderr)
+        else:
+            print("interrupted before the first epoch finished: no checkpoint to resume from", file=sys.stderr)
+        return 130
     return 0

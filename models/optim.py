@@ -10,22 +10,27 @@ fights the norm layers; Goyal et al. 2017, "Accurate, Large Minibatch SGD").
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from augment.checks import check_bool, check_real, field_prefix, require
+from models.sam import SAM
+
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
+    "SAMConfig",
     "OptimizerConfig",
     "SchedulerConfig",
     "norm_module_types",
     "param_groups",
     "build_optimizer",
+    "optimizer_class",
     "lr_multiplier",
     "build_scheduler",
 ]
@@ -49,13 +54,41 @@ def _check_range(name: str, value: Any, low: float, high: float, low_open: bool,
 
 
 @dataclass
+class SAMConfig:
+    """SAM / ASAM around the optimizer (YAML: `model.optimizer.sam`, null = off; see `models.sam`).
+
+    rho: neighbourhood radius (> 0). adaptive: ASAM, radius relative to |w| + eta (eta >= 0).
+    """
+
+    rho: float = 0.05
+    adaptive: bool = False
+    eta: float = 0.01
+
+    def __post_init__(self) -> None:
+        with field_prefix("optimizer.sam"):
+            self.rho = check_real("rho", self.rho, 0.0, low_open=True)
+            check_bool("adaptive", self.adaptive)
+            self.eta = check_real("eta", self.eta, 0.0)
+
+
+def _sam_config(value: Any) -> SAMConfig | None:
+    """None, a SAMConfig, or a mapping of its fields (YAML, checkpoint hparams) -> SAMConfig | None."""
+    if value is None or isinstance(value, SAMConfig):
+        return value
+    require(isinstance(value, Mapping), "optimizer.sam", "null or a mapping of rho, adaptive, eta", value)
+    unknown = sorted(set(value) - {f.name for f in fields(SAMConfig)})
+    require(not unknown, "optimizer.sam", "a mapping of rho, adaptive, eta", dict(value))
+    return SAMConfig(**value)
+
+
+@dataclass
 class OptimizerConfig:
     """Optimizer choice and hyperparameters (YAML: `model.optimizer.*`).
 
     name: sgd (plain SGD, momentum 0), momentum (SGD with momentum), nesterov (SGD, Nesterov momentum),
     adagrad, adadelta, rmsprop (uses `momentum` and `alpha`), adam (L2 weight decay),
     adamw (decoupled weight decay). `exclude_norm_and_bias`: no weight decay on biases, norm
-    parameters and 1-d tensors.
+    parameters and 1-d tensors. `sam`: wrap the optimizer in SAM / ASAM (`SAMConfig`); None = off.
     """
 
     name: str = "nesterov"
@@ -67,8 +100,10 @@ class OptimizerConfig:
     eps: float = 1e-8
     alpha: float = 0.99
     rho: float = 0.9
+    sam: SAMConfig | None = None
 
     def __post_init__(self) -> None:
+        self.sam = _sam_config(self.sam)
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         _check_range("optimizer.lr", self.lr, 0.0, math.inf, True, True)
@@ -188,8 +223,32 @@ def param_groups(
 def build_optimizer(
     params_or_groups: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: OptimizerConfig
 ) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.name`; groups keep their own `weight_decay`, bare params get cfg's."""
-    params = list(params_or_groups)
+    """The optimizer named by `cfg.name`, wrapped in `SAM` when `cfg.sam` is set; groups keep their own
+    `weight_decay`, bare params get cfg's."""
+    base = _base_optimizer(list(params_or_groups), cfg)
+    if cfg.sam is None:
+        return base
+    return SAM(base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, eta=cfg.sam.eta)
+
+
+OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "momentum": torch.optim.SGD,
+    "nesterov": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The torch optimizer class behind an `optimizer.name` (sgd, momentum and nesterov share SGD)."""
+    return OPTIMIZER_CLASSES[name]
+
+
+def _base_optimizer(params: list[Any], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     if not params:
         raise ValueError("optimizer got no trainable parameters")
     common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}

@@ -166,6 +166,41 @@ CASES = [
     ("corrupt_image", "corrupt_image", [], "0009.png", "cannot decode image"),
     ("images_of_different_size", "wrong_size", [], "0100.png", "same size"),
     ("test_label_out_of_range", "unknown_test_class", [], "class_7", "not a class of the train split"),
+    # Trainer and callback keys the CLI passes through: checked before fit (principle 1)
+    ("monitor_unknown_metric", "good", ["--early_stopping.monitor", "val/accuracy"], "early_stopping.monitor",
+     "one of val/acc, val/acc5, val/loss, train/acc, train/acc5, train/loss"),
+    ("checkpoint_monitor_unknown", "good", ["--checkpoint.monitor", "val_acc"], "checkpoint.monitor", "one of val/acc"),
+    ("early_stopping_mode_unknown", "good", ["--early_stopping.mode", "maximum"], "early_stopping.mode", "one of min, max"),
+    ("accumulate_grad_batches_zero", "good", ["--trainer.accumulate_grad_batches", "0"],
+     "trainer.accumulate_grad_batches", "an int >= 1"),
+    ("check_val_every_n_epoch_zero", "good", ["--trainer.check_val_every_n_epoch", "0"],
+     "trainer.check_val_every_n_epoch", "an int >= 1"),
+    ("log_every_n_steps_zero", "good", ["--trainer.log_every_n_steps", "0"], "trainer.log_every_n_steps", ">= 1"),
+    ("gradient_clip_negative", "good", ["--trainer.gradient_clip_val", "-1"], "trainer.gradient_clip_val", ">= 0"),
+    ("gradient_clip_algorithm_unknown", "good", ["--trainer.gradient_clip_algorithm", "l3"],
+     "trainer.gradient_clip_algorithm", "one of norm, value"),
+    ("limit_train_batches_negative", "good", ["--trainer.limit_train_batches", "-1"],
+     "trainer.limit_train_batches", "an int >= 0 or a float fraction in [0, 1]"),
+    ("val_check_interval_zero", "good", ["--trainer.val_check_interval", "0"], "trainer.val_check_interval", ">= 1"),
+    ("num_sanity_val_steps_below_minus_one", "good", ["--trainer.num_sanity_val_steps", "-2"],
+     "trainer.num_sanity_val_steps", ">= -1"),
+    ("save_top_k_below_minus_one", "good", ["--checkpoint.save_top_k", "-2"], "checkpoint.save_top_k", ">= -1"),
+    ("patience_negative", "good", ["--early_stopping.patience", "-1"], "early_stopping.patience", ">= 0"),
+    ("max_steps_below_minus_one", "good", ["--trainer.max_steps", "-3"], "trainer.max_steps", ">= -1"),
+    # legal but destructive: refused before fit (principle 2)
+    ("cutout_erases_every_image", "good", ["--model.cutout.n_holes", "1", "--model.cutout.size", "100"],
+     "model.cutout.size", "< the image side 32"),
+    ("cutout_fraction_one_erases_every_image", "good", ["--model.cutout.n_holes", "1", "--model.cutout.size", "1.0"],
+     "model.cutout.size", "erases every image"),
+    ("worker_cutout_erases_every_image", "good",
+     ["--data.loader", "workers", "--data.cutout_holes", "1", "--data.cutout_size", "40"],
+     "data.cutout_size", "< the image side 32"),
+    ("max_epochs_zero", "good", ["--trainer.max_epochs", "0"], "trainer.max_epochs", "random initial weights"),
+    ("max_steps_zero", "good", ["--trainer.max_steps", "0"], "trainer.max_steps", "0 trains nothing"),
+    ("limit_train_batches_zero", "good", ["--trainer.limit_train_batches", "0"], "trainer.limit_train_batches",
+     "0 trains nothing"),
+    ("label_smoothing_uniform_targets", "good", ["--model.label_smoothing", "0.75"], "model.label_smoothing",
+     "< 0.75 for 4 classes"),
     # resuming from a bad checkpoint
     ("ckpt_path_missing", "good", ["--ckpt_path", "{tmp}/nothere.ckpt"], "ckpt_path", "existing checkpoint file"),
     ("ckpt_path_truncated", "good", ["--ckpt_path", "{tmp}/truncated.ckpt"], "ckpt_path", "complete torch checkpoint"),
@@ -219,6 +254,7 @@ def test_bad_input_gives_one_line_error_and_no_result(
     assert code == 2
     assert field in line and rule in line, line
     assert _checkpoints(tmp_path) == []
+    assert not (tmp_path / "runs").exists()  # no run folder, no config.yaml, no event file
 
 
 def test_truncated_dataset_cache_is_rebuilt_not_fatal(tmp_path: Path) -> None:

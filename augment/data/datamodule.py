@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from augment.checks import check_bool, check_choice, check_int, field_prefix, is_int, require
+from augment.policies import build_policy
 from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
 from augment.data.datasets import DATASETS, dataset_classes, dataset_stats, load_dataset
 from augment.data.loaders import ArrayDataset, DeviceBatchLoader
@@ -60,6 +61,10 @@ class CIFARDataModule(pl.LightningDataModule):
         cutout_size: Cutout square side in pixels (workers loader).
         seed: seed of splits, shuffling and per-sample augmentation.
         channels_last: batches in channels_last memory format (device loader).
+        policy: per-sample policy augmentation after crop/flip, before normalization: none | trivialaugment |
+            randaugment | autoaugment, or a mapping ``{name: randaugment, num_ops: 2, magnitude: 9, ...}``
+            with the policy's parameters (see ``augment.policies``). The device loader runs it batched on
+            the device; the workers loader runs torchvision's own per-image class.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class CIFARDataModule(pl.LightningDataModule):
         cutout_size: int = 16,
         seed: int = 0,
         channels_last: bool = False,
+        policy: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         with field_prefix("data"):
@@ -108,6 +114,7 @@ class CIFARDataModule(pl.LightningDataModule):
             check_int("cutout_size", cutout_size, low=1)
             check_int("seed", seed, low=0)
             check_bool("channels_last", channels_last)
+            build_policy(policy)  # checked here, so a bad value fails before any data is read
         self.save_hyperparameters()
 
         self.dataset = dataset
@@ -128,6 +135,7 @@ class CIFARDataModule(pl.LightningDataModule):
         self.cutout_size = cutout_size
         self.seed = seed
         self.channels_last = channels_last
+        self.policy = policy
 
         self.has_val: bool = bool(num_folds) or val_size != 0  # the one place that decides; the CLI follows it
         if not self.has_val:
@@ -156,6 +164,14 @@ class CIFARDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the training images (CIFAR: known; ImageFolder: read from the data)."""
+        if self.dataset in ("cifar10", "cifar100"):
+            return (32, 32)
+        images, _ = self._load("train")
+        return (int(images.shape[1]), int(images.shape[2]))
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -268,6 +284,7 @@ class CIFARDataModule(pl.LightningDataModule):
                 indices=None if indices is None else torch.from_numpy(indices),
                 layout="nchw",
                 resume_offset=self._batches_trained_this_epoch if train else None,
+                policy=build_policy(self.policy) if train else None,
             )
 
     def _workers_loader(self, split: str, indices: np.ndarray | None, train: bool) -> torch.utils.data.DataLoader:
@@ -275,10 +292,11 @@ class CIFARDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         if train:
             seed = int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0])
-            transform = train_transform(
-                self.mean, self.std, self.padding, self.flip, self.cutout_holes, self.cutout_size,
-                image_size=tuple(images.shape[1:3]), seed=seed,
-            )
+            with field_prefix("data"):  # e.g. data.policy.magnitude_std (torchvision's RandAugment has none)
+                transform = train_transform(
+                    self.mean, self.std, self.padding, self.flip, self.cutout_holes, self.cutout_size,
+                    image_size=tuple(images.shape[1:3]), seed=seed, policy=self.policy,
+                )
         else:
             transform = eval_transform(self.mean, self.std)
         dataset = ArrayDataset(images, labels, transform, indices)

@@ -73,6 +73,7 @@ def build_args(
     }
     args += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(log_dir)]
     args += ["--trainer.logger", json.dumps(logger)]
+    args += ["--overwrite", "true"]  # a run the ledger does not hold as ok (failed, interrupted) is redone whole
     return args
 
 

@@ -62,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are recorded; run the same command again to resume the study",
+              file=sys.stderr)
+        return 130
 
 
 def _main(opts: argparse.Namespace) -> int:
