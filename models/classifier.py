@@ -9,6 +9,7 @@ One training step: `x: (B, C, H, W)` float, normalized, `y: (B,)` int64 -> Cutou
 - Metrics (torchmetrics, epoch-level, synced across ranks): `train/loss`, `train/acc`, `train/acc5`,
   `val/...`, `test/...`. train/acc is measured on the augmented inputs against the original labels.
   val/test loss is plain cross-entropy (no smoothing) of the evaluated (EMA, TTA) predictions.
+  `train/loss_step`: this rank's batch loss, written every `trainer.log_every_n_steps` steps.
 - `val_confmat` / `test_confmat`: confusion matrices updated every eval step, read and reset by
   `models.callbacks.ConfusionMatrixLogger` (and reset here at each eval epoch start).
 - EMA (`ema_decay > 0`): a `timm.utils.ModelEmaV3` copy of the backbone, updated after every
@@ -207,6 +208,8 @@ class CifarClassifier(pl.LightningModule):
 
         self.keep_augmented_batch = False  # AugmentedImageGrid handshake (models.callbacks)
         self.last_augmented_batch: torch.Tensor | None = None
+        self.last_input_batch: torch.Tensor | None = None
+        self.last_augmented_targets: torch.Tensor | None = None
         self._augment_generator: torch.Generator | None = None
         self._pending_rng_state: torch.Tensor | None = None
         self._ema_step_seen = -1
@@ -277,12 +280,14 @@ class CifarClassifier(pl.LightningModule):
             return self.loss(self.backbone(x), targets)
         x, y = batch
         x = self._prepare(x)
+        inputs = x.detach().clone() if self.keep_augmented_batch else None  # ops may work in place
         augment = self.batch_augment()
         augment.set_epoch(self.current_epoch)  # mixing stops at mixing.stop_epoch
         x, targets = augment(x, y)  # soft targets (B, K), label smoothing inside
         x = self._prepare(x)
         if self.keep_augmented_batch:
-            self.last_augmented_batch = x.detach()
+            self.last_input_batch, self.last_augmented_batch = inputs, x.detach()
+            self.last_augmented_targets = targets.detach()
         if self.optimizer_config.sam is not None:
             self._sam_batch = (x, targets)
         logits = self.backbone(x)
@@ -290,6 +295,7 @@ class CifarClassifier(pl.LightningModule):
         self.train_loss.update(loss.detach(), weight=y.shape[0])
         self.train_metrics.update(logits.detach(), y)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)  # this rank's batch, no sync
         self._log_metrics("train", self.train_metrics)
         return loss
 

@@ -42,7 +42,7 @@ from models.callbacks import (
 )
 from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
-from models.preflight import RunFolder, check_meaningful, check_settings
+from models.preflight import RunFolder, check_forward, check_meaningful, check_settings
 from models.resume import check_resumable, continue_checkpoint_dir, read_checkpoint
 from models.regularizers import WeightNoise
 from models.run_dir import logs_under_root_dir
@@ -300,6 +300,7 @@ def run(args: list[str] | dict | None = None, print_summary: bool = False) -> di
     if not datamodule.download:  # data and splits are read now: their errors come before any folder is written
         datamodule.setup("fit")
         check_meaningful(config, model.hparams, datamodule.image_size, datamodule.num_classes)
+        check_forward(model.backbone, datamodule.image_size)
         if config.get("run_test", True):
             datamodule.setup("test")  # a missing or broken test split fails now, not after the whole fit
     _claim_run_folder(trainer, config)

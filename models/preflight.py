@@ -15,7 +15,7 @@ from typing import Any
 from augment.checks import CheckError, check_bool, check_choice, check_int, check_real, is_int, is_real, require
 from augment.erasing import hole_side
 
-__all__ = ["LOGGED_METRICS", "check_settings", "check_meaningful", "RunFolder"]
+__all__ = ["LOGGED_METRICS", "check_settings", "check_meaningful", "check_forward", "RunFolder"]
 
 # What CifarClassifier logs at epoch level (the names a ModelCheckpoint / EarlyStopping may monitor).
 LOGGED_METRICS = ("val/acc", "val/acc5", "val/loss", "train/acc", "train/acc5", "train/loss")
@@ -125,6 +125,23 @@ def _warn_harmful(get: Any, hparams: Mapping[str, Any], num_classes: int) -> Non
     subset = get("data.train_subset")
     if subset is not None and subset < num_classes:
         warnings.warn(f"data.train_subset {subset} is fewer images than the {num_classes} classes", stacklevel=3)
+
+
+def check_forward(backbone: Any, image_size: tuple[int, int], channels: int = 3) -> None:
+    """One forward of a 2-image batch of the data's size: a network that cannot take it fails now, in one line."""
+    import torch
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(2, channels, *image_size))
+    except (RuntimeError, AssertionError, ValueError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        rule = f"a network that takes {image_size[0]}x{image_size[1]} images (its forward fails: {reason})"
+        raise CheckError("model.backbone", rule, getattr(backbone, "default_cfg", {}).get("architecture", "?")) from None
+    finally:
+        backbone.train(was_training)
 
 
 class RunFolder:

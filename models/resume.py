@@ -24,7 +24,7 @@ __all__ = ["CKPT_ALIASES", "read_checkpoint", "check_resumable", "continue_check
 
 CKPT_ALIASES = ("last", "best", "hpc", "registry")
 # Model settings whose change makes the saved weights or optimizer state meaningless for this run.
-FIXED_MODEL_KEYS = ("backbone", "num_classes", "cifar_stem", "norm", "norm_groups")
+FIXED_MODEL_KEYS = ("backbone", "num_classes", "cifar_stem_resolved", "norm", "norm_groups")
 
 
 def _is_local_file(ckpt_path: Any) -> bool:

@@ -151,8 +151,11 @@ CASES = [
      ["--model.optimizer.name", "nesterov", "--model.optimizer.momentum", "0"], "optimizer.momentum", "> 0"),
     ("milestones_decreasing", "good",
      ["--model.scheduler.name", "multistep", "--model.scheduler.milestones", "[5, 2]"], "scheduler.milestones", "increasing"),
-    ("cifar_stem_on_vit", "good",
-     ["--model.backbone", "vit_tiny_patch16_224", "--model.cifar_stem", "true"], "model.cifar_stem", "only supported"),
+    ("cifar_stem_unknown", "good", ["--model.cifar_stem", "stride3"], "model.cifar_stem", "one of"),
+    ("cifar_stem_cannot_adapt", "good", ["--model.backbone", "levit_128s", "--model.cifar_stem", "auto"],
+     "model.cifar_stem", "cannot build"),
+    ("imagenet_model_on_32px", "good", ["--model.backbone", "levit_128s"], "model.backbone",
+     "a network that takes 32x32 images"),
     ("gpu_on_cpu_machine", "good", ["--trainer.accelerator", "cuda"], "trainer.accelerator", "cpu or auto"),
     ("one_class_dataset", "one_class", [], "model.num_classes", ">= 2"),
     # missing or corrupt data
