@@ -3,6 +3,8 @@
 Batch ops take ``x: (B, C, H, W)`` on any device and dtype plus int labels ``(B,)`` or soft targets
 ``(B, K)`` and return ``(x, targets)``. A pipeline (``Compose`` / ``build_batch_augment``) that knows
 ``num_classes`` always returns soft targets ``(B, K)``; ``soft_target_cross_entropy`` takes either kind.
+Image ops (the policies ``TrivialAugmentWide`` / ``RandAugment`` / ``AutoAugment``, colour and geometric
+ops) take uint8 or float images ``(B, C, H, W)`` and return images, each sample with its own parameters.
 This package needs torch alone; the CIFAR data pipeline of the training app lives in ``augment.data``
 (numpy, Pillow, Lightning, albumentations), which this module does not import.
 """
@@ -23,6 +25,21 @@ from augment.pipeline import (
     build_batch_augment,
 )
 from augment.targets import check_labels, one_hot, smooth, to_soft
+from augment.color import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+    adjust_sharpness,
+    autocontrast,
+    equalize,
+    invert,
+    posterize,
+    solarize,
+)
+from augment.geometric import random_rotation, random_vflip, rotate, shear_x, shear_y, translate, vflip, warp_affine
+from augment.policies import AutoAugment, RandAugment, TrivialAugmentWide, build_policy
+from augment.policy_ops import OPS as POLICY_OPS
+from augment.policy_ops import apply_ops
 
 __all__ = [
     "Mixup",
@@ -52,4 +69,27 @@ __all__ = [
     "random_crop_flip",
     "normalize",
     "to_float_nchw",
+    "TrivialAugmentWide",
+    "RandAugment",
+    "AutoAugment",
+    "build_policy",
+    "apply_ops",
+    "POLICY_OPS",
+    "random_rotation",
+    "random_vflip",
+    "rotate",
+    "shear_x",
+    "shear_y",
+    "translate",
+    "vflip",
+    "warp_affine",
+    "adjust_brightness",
+    "adjust_saturation",
+    "adjust_contrast",
+    "adjust_sharpness",
+    "posterize",
+    "solarize",
+    "autocontrast",
+    "equalize",
+    "invert",
 ]

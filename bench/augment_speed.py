@@ -1,9 +1,15 @@
-"""Time batch regularizers: ours vs timm ``Mixup`` vs torchvision v2 ``MixUp``/``CutMix``.
+"""Time batch regularizers and policy augmentations against timm / torchvision / kornia in the same run.
 
-Prints one markdown table of ms per batch (median of ``--repeats`` runs after warmup, CUDA
+Regularizers: one markdown table of ms per batch (median of ``--repeats`` runs after warmup, CUDA
 synchronized) for B=512 x 3x32x32 and B=128 x 3x224x224, with ratios against timm's batch mode.
 
+Policies (TrivialAugmentWide, RandAugment, AutoAugment CIFAR-10) on one uint8 batch 512 x 3x32x32: ours
+per sample on the device, torchvision's per-image loop (what a DataLoader worker does for a batch),
+torchvision's call on the whole batch tensor (one op and magnitude for all 512 images) and kornia's
+batch version when kornia is installed (an optional anchor); ratios against torchvision's loop.
+
     python -m bench.augment_speed --device cpu --repeats 50
+    python -m bench.augment_speed --device cpu --suite policies --threads 1
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import torch
 from augment.erasing import Cutout
 from augment.mixing import CutMix, Mixup, MixupCutMix
 from augment.noise import GaussianNoise
+from augment.policies import AutoAugment, RandAugment, TrivialAugmentWide
 
-__all__ = ["main", "time_ms"]
+__all__ = ["main", "time_ms", "policy_candidates", "bench_policies", "policy_table"]
 
 SHAPES = ((512, 3, 32, 32), (128, 3, 224, 224))
 NUM_CLASSES = 100
+POLICY_SHAPE = (512, 3, 32, 32)
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 5) -> float:
@@ -63,6 +71,64 @@ def candidates(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], objec
     fns["torchvision v2.MixUp"] = lambda op=v2.MixUp(alpha=1.0, num_classes=k): op(x, y)
     fns["torchvision v2.CutMix"] = lambda op=v2.CutMix(alpha=1.0, num_classes=k): op(x, y)
     return fns
+
+
+def policy_candidates(x: torch.Tensor) -> dict[str, tuple[str, Callable[[], object], bool]]:
+    """Name -> (policy, zero-arg callable doing one uint8 batch ``x``, is a per-image loop) for each policy."""
+    from torchvision.transforms import v2
+
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    ours = {
+        "TrivialAugmentWide": TrivialAugmentWide(generator=gen),
+        "RandAugment (2 ops, M=9)": RandAugment(num_ops=2, magnitude=9, generator=gen),
+        "AutoAugment CIFAR-10": AutoAugment(generator=gen),
+    }
+    theirs = {
+        "TrivialAugmentWide": v2.TrivialAugmentWide(),
+        "RandAugment (2 ops, M=9)": v2.RandAugment(num_ops=2, magnitude=9),
+        "AutoAugment CIFAR-10": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+    }
+    fns: dict[str, tuple[str, Callable[[], object], bool]] = {}
+    for policy, op in ours.items():
+        tv = theirs[policy]
+        fns[f"ours {policy}, per sample"] = (policy, lambda op=op: op(x), False)
+        fns[f"torchvision {policy}, per-image loop"] = (policy, lambda tv=tv: [tv(image) for image in x], True)
+        fns[f"torchvision {policy}, whole batch (one op)"] = (policy, lambda tv=tv: tv(x), False)
+    try:
+        import kornia.augmentation.auto as kornia_auto
+    except ImportError:
+        return fns
+    xf = x.float().div(255.0)
+    kornia_ops = {
+        "TrivialAugmentWide": kornia_auto.TrivialAugment(),
+        "RandAugment (2 ops, M=9)": kornia_auto.RandAugment(n=2, m=9),
+    }
+    for policy, op in kornia_ops.items():
+        fns[f"kornia {policy} (float input)"] = (policy, lambda op=op: op(xf), False)
+    return fns
+
+
+def bench_policies(device: torch.device, repeats: int, loop_repeats: int) -> dict[str, tuple[str, float, bool]]:
+    """Method -> (policy, ms per batch, is a per-image loop) on ``device``."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, POLICY_SHAPE, dtype=torch.uint8, generator=gen).to(device)
+    results = {}
+    for name, (policy, fn, loop) in policy_candidates(x).items():
+        n = loop_repeats if loop else repeats
+        results[name] = (policy, time_ms(fn, device, n, warmup=1 if loop else 5), loop)
+    return results
+
+
+def policy_table(rows: dict[str, dict[str, tuple[str, float, bool]]]) -> str:
+    """Markdown table: device, method, ms per batch, speed-up over torchvision's per-image loop of that policy."""
+    b, c, h, w = POLICY_SHAPE
+    head = ["device", "method", f"B={b} {c}x{h}x{w} uint8 ms", "x faster than torchvision per-image loop"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for device, results in rows.items():
+        loops = {policy: ms for policy, ms, loop in results.values() if loop}
+        for name, (policy, ms, _) in results.items():
+            lines.append(f"| {device} | {name} | {ms:.2f} | {loops[policy] / ms:.1f} |")
+    return "\n".join(lines)
 
 
 def machine(device: torch.device) -> str:
@@ -112,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="all", help="cpu, cuda, or all (cpu and cuda when available)")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per method (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--suite", default="all", choices=("all", "regularizers", "policies"), help="which tables")
+    parser.add_argument("--loop-repeats", type=int, default=5, help="timed runs of each per-image loop (slow)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,13 +187,20 @@ def main(argv: list[str] | None = None) -> None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
         devices = [args.device]
-    rows = {}
+    rows, policy_rows = {}, {}
     for name in devices:
         device = torch.device(name)
         print(machine(device))
-        rows[name] = bench_device(device, args.repeats)
-    print()
-    print(table(rows))
+        if args.suite in ("all", "regularizers"):
+            rows[name] = bench_device(device, args.repeats)
+        if args.suite in ("all", "policies"):
+            policy_rows[name] = bench_policies(device, args.repeats, args.loop_repeats)
+    if rows:
+        print()
+        print(table(rows))
+    if policy_rows:
+        print()
+        print(policy_table(policy_rows))
 
 
 if __name__ == "__main__":

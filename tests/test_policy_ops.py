@@ -34,9 +34,13 @@ def tv_op(img: torch.Tensor, name: str, mag: float, interpolation: str = "neares
     affine = dict(scale=1.0, interpolation=mode, fill=fill)
     white = 1.0 if img.is_floating_point() else 255.0
     if name == "ShearX":
-        return F.affine(img, angle=0.0, translate=[0, 0], shear=[math.degrees(math.atan(mag)), 0.0], center=[0, 0], **affine)
+        return F.affine(
+            img, angle=0.0, translate=[0, 0], shear=[math.degrees(math.atan(mag)), 0.0], center=[0, 0], **affine
+        )
     if name == "ShearY":
-        return F.affine(img, angle=0.0, translate=[0, 0], shear=[0.0, math.degrees(math.atan(mag))], center=[0, 0], **affine)
+        return F.affine(
+            img, angle=0.0, translate=[0, 0], shear=[0.0, math.degrees(math.atan(mag))], center=[0, 0], **affine
+        )
     if name == "TranslateX":
         return F.affine(img, angle=0.0, translate=[int(mag), 0], shear=[0.0, 0.0], **affine)
     if name == "TranslateY":
@@ -75,7 +79,9 @@ def reference(x: torch.Tensor, names, mags, interpolation="nearest", fill=None) 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("name", OPS)
 def test_each_op_at_every_table_magnitude_equals_torchvision(name, dtype):
-    mags = table_magnitudes(name) if name not in ("Identity", "AutoContrast", "Equalize", "Invert") else torch.zeros(128)
+    mags = (
+        table_magnitudes(name) if name not in ("Identity", "AutoContrast", "Equalize", "Invert") else torch.zeros(128)
+    )
     x = as_dtype(IMAGES[torch.arange(len(mags)) % len(IMAGES)], dtype)
     ops = torch.full((len(mags),), op_index(name))
     out = apply_ops(x, ops, mags)
@@ -92,7 +98,9 @@ def test_each_op_at_every_table_magnitude_equals_torchvision(name, dtype):
 def test_mixed_geometric_batch_with_interpolation_and_fill_equals_torchvision(dtype, interpolation, fill):
     gen = torch.Generator().manual_seed(5)
     names = [GEOMETRIC[i] for i in torch.randint(0, len(GEOMETRIC), (len(IMAGES),), generator=gen)]
-    mags = torch.stack([table_magnitudes(n)[torch.randint(0, len(table_magnitudes(n)), (), generator=gen)] for n in names])
+    mags = torch.stack(
+        [table_magnitudes(n)[torch.randint(0, len(table_magnitudes(n)), (), generator=gen)] for n in names]
+    )
     x = as_dtype(IMAGES, dtype)
     fill_units = None if fill is None else [v / (1.0 if dtype == torch.uint8 else 255.0) for v in fill]
     out = apply_ops(x, torch.tensor([op_index(n) for n in names]), mags, interpolation, fill_units or 0.0)
@@ -110,7 +118,11 @@ def test_colour_functions_with_continuous_parameters_equal_torchvision(dtype):
         (color.adjust_saturation, F.adjust_saturation, factor),
         (color.adjust_contrast, F.adjust_contrast, factor),
         (color.adjust_sharpness, F.adjust_sharpness, factor),
-        (color.solarize, F.solarize, torch.rand(n, generator=gen, dtype=torch.float64) * (1.0 if dtype != torch.uint8 else 255.0)),
+        (
+            color.solarize,
+            F.solarize,
+            torch.rand(n, generator=gen, dtype=torch.float64) * (1.0 if dtype != torch.uint8 else 255.0),
+        ),
         (color.posterize, F.posterize, torch.randint(0, 9, (n,), generator=gen)),
     ]
     for ours, theirs, param in cases:
@@ -133,7 +145,9 @@ def test_rotate_shear_translate_with_continuous_parameters_equal_torchvision(dty
         (geometric.shear_y(x, factor, interpolation), lambda i: tv_op(x[i], "ShearY", factor[i].item(), interpolation)),
         (
             geometric.translate(x, shift[:, 0], shift[:, 1], interpolation),
-            lambda i: F.affine(x[i], angle=0.0, translate=shift[i].tolist(), scale=1.0, shear=[0.0, 0.0], interpolation=mode),
+            lambda i: F.affine(
+                x[i], angle=0.0, translate=shift[i].tolist(), scale=1.0, shear=[0.0, 0.0], interpolation=mode
+            ),
         ),
     ]
     for out, expected in cases:
@@ -172,7 +186,14 @@ def test_ops_keep_input_dtype_layout_and_leave_input_untouched(name):
 def test_apply_ops_routes_each_sample_to_its_own_op():
     x = IMAGES[: len(OPS) * 2]
     ops = torch.arange(len(OPS)).repeat(2).flip(0)
-    mags = torch.tensor([table_magnitudes(OPS[i])[3].item() if OPS[i] not in ("Identity", "AutoContrast", "Equalize", "Invert") else 0.0 for i in ops])
+    mags = torch.tensor(
+        [
+            table_magnitudes(OPS[i])[3].item()
+            if OPS[i] not in ("Identity", "AutoContrast", "Equalize", "Invert")
+            else 0.0
+            for i in ops
+        ]
+    )
     out = apply_ops(x, ops, mags)
     assert torch.equal(out, reference(x, [OPS[i] for i in ops], mags))
 
@@ -226,23 +247,40 @@ def test_random_vflip_flips_about_p_of_the_samples():
     "call, message",
     [
         (lambda: color.adjust_brightness(IMAGES, -0.5), "factor must be >= 0, got -0.5"),
-        (lambda: color.adjust_contrast(IMAGES, torch.tensor([-1.0] * len(IMAGES))), "factor must be >= 0 for every sample, got -1.0"),
+        (
+            lambda: color.adjust_contrast(IMAGES, torch.tensor([-1.0] * len(IMAGES))),
+            "factor must be >= 0 for every sample, got -1.0",
+        ),
         (lambda: color.posterize(IMAGES, 9), "bits must be an int in [0, 8], got 9"),
         (lambda: color.solarize(IMAGES, 256.0), "threshold must be <= 255 for torch.uint8, got 256.0"),
         (lambda: color.invert(IMAGES.int()), "x must be uint8 or floating point, got torch.int32"),
         (lambda: color.equalize(IMAGES[0]), "x must be a 4-D batch (B, C, H, W), got shape (3, 32, 32)"),
         (lambda: color.autocontrast(torch.zeros(2, 4, 8, 8)), "x must have 1 or 3 channels, got 4"),
-        (lambda: geometric.rotate(IMAGES, 10.0, interpolation="bicubic"), "interpolation must be one of nearest, bilinear, got 'bicubic'"),
+        (
+            lambda: geometric.rotate(IMAGES, 10.0, interpolation="bicubic"),
+            "interpolation must be one of nearest, bilinear, got 'bicubic'",
+        ),
         (lambda: geometric.rotate(IMAGES, 10.0, fill="white"), "fill must be a finite number, got 'white'"),
-        (lambda: geometric.rotate(IMAGES, 10.0, fill=[1, 2]), "fill must be a number or 3 numbers (one per channel), got (1.0, 2.0)"),
+        (
+            lambda: geometric.rotate(IMAGES, 10.0, fill=[1, 2]),
+            "fill must be a number or 3 numbers (one per channel), got (1.0, 2.0)",
+        ),
         (lambda: geometric.random_rotation(IMAGES, -5), "degrees must be >= 0, got -5"),
-        (lambda: geometric.random_rotation(IMAGES, (10, -10)), "degrees must be a number >= 0 or a pair (low, high) with low <= high, got (10, -10)"),
+        (
+            lambda: geometric.random_rotation(IMAGES, (10, -10)),
+            "degrees must be a number >= 0 or a pair (low, high) with low <= high, got (10, -10)",
+        ),
         (lambda: geometric.random_vflip(IMAGES, 1.5), "p must be in [0, 1], got 1.5"),
-        (lambda: apply_ops(IMAGES[:2], torch.tensor([0, 15]), torch.zeros(2)), "ops must be in [0, 14] for every sample, got (0, 15)"),
+        (
+            lambda: apply_ops(IMAGES[:2], torch.tensor([0, 15]), torch.zeros(2)),
+            "ops must be in [0, 14] for every sample, got (0, 15)",
+        ),
         (lambda: apply_ops(IMAGES[:2], torch.tensor([0]), torch.zeros(2)), "ops must be of shape (2,), got (1,)"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_naming_the_argument(call, message):
-    with pytest.raises(CheckError if "4-D" not in message and "uint8 or" not in message and "channels" not in message else ValueError) as err:
+    with pytest.raises(
+        CheckError if "4-D" not in message and "uint8 or" not in message and "channels" not in message else ValueError
+    ) as err:
         call()
     assert str(err.value) == message

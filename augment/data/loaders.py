@@ -49,6 +49,9 @@ class DeviceBatchLoader:
     ``resume_offset``: called as each pass starts, returns how many batches of this epoch were already
     trained (non-zero only right after a mid-epoch checkpoint was restored); the pass then starts at that
     batch with the epoch's same order and draws, so a mid-epoch resume sees what an uninterrupted run sees.
+    ``policy``: an optional per-sample policy (``augment.policies``, e.g. ``TrivialAugmentWide``) run on the
+    uint8 training batch after crop/flip and before normalization; its draws for batch k of an epoch come
+    from a CPU generator seeded by (seed, epoch, rank, k), so they too replay after a resume.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class DeviceBatchLoader:
         mode: str = "reflect",
         layout: str = "auto",
         resume_offset: Callable[[], int] | None = None,
+        policy: Any | None = None,
     ) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, C) or (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -106,6 +110,7 @@ class DeviceBatchLoader:
         self.mode = mode
         self.epoch = 0
         self.resume_offset = resume_offset
+        self.policy = policy
         self._iter_epoch = -1  # the epoch of the pass in progress (saved in checkpoints)
         if train:  # eval batches are never cropped
             check_crop_args(padding, mode, self.images.shape[2], self.images.shape[3])
@@ -181,6 +186,9 @@ class DeviceBatchLoader:
             if augment:
                 top, left, flip = draws[:, start : start + self.batch_size]
                 x = shift_crop(x, top, left, flip.bool() if self.flip else None, self.padding, self.mode)
+            if self.train and self.policy is not None:  # per sample, on the uint8 batch, draws made on the CPU
+                g = _seeded_generator(self.seed, epoch, self.rank, 2, start // self.batch_size)
+                x = self.policy.apply(x, self.policy.sample(x.shape[0], x.shape[2], x.shape[3], generator=g))
             yield (
                 to_normalized_float(x, self.mean, self.std, self.channels_last, self.dtype, layout="nchw"),
                 self.labels[idx],

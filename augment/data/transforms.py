@@ -14,15 +14,16 @@ from the same global seed.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from augment.checks import check_int
+from augment.checks import check_int, require
+from augment.policies import AutoAugment, RandAugment, TrivialAugmentWide, build_policy
 
-__all__ = ["train_transform", "eval_transform", "WorkerSeeder", "reseed_transform"]
+__all__ = ["train_transform", "eval_transform", "WorkerSeeder", "reseed_transform", "torchvision_policy", "PerImage"]
 
 _MISSING = "albumentations is required for the CPU loader path: pip install albumentations"
 
@@ -54,10 +55,13 @@ def train_transform(
     cutout_size: int = 16,
     image_size: int | tuple[int, int] = 32,
     seed: int | None = None,
+    policy: str | Mapping[str, Any] | None = None,
 ) -> Any:
-    """Training pipeline: reflect-pad + random crop, horizontal flip, normalize, Cutout, HWC uint8 -> CHW float tensor.
+    """Training pipeline: reflect-pad + random crop, flip, [policy], normalize, Cutout; HWC uint8 -> CHW float tensor.
 
-    ``mean``/``std`` in [0, 1] units. Cutout (``CoarseDropout``, ``cutout_holes`` squares of
+    ``mean``/``std`` in [0, 1] units. ``policy``: a ``data.policy`` value (see
+    :func:`augment.policies.build_policy`), run on the uint8 image by torchvision's own per-image class
+    (:func:`torchvision_policy`). Cutout (``CoarseDropout``, ``cutout_holes`` squares of
     ``cutout_size`` px filled with 0) runs after normalization, so holes hold the mean colour.
     Returns an ``albumentations.Compose``; call it as ``t(image=hwc_uint8)["image"]``.
     """
@@ -81,6 +85,9 @@ def train_transform(
         ]
     if flip:
         ops.append(A.HorizontalFlip(p=0.5))
+    per_image = torchvision_policy(policy)
+    if per_image is not None:
+        ops.append(A.Lambda(image=PerImage(per_image), name="policy"))
     ops.append(A.Normalize(mean=_as_pixels(mean, "mean"), std=_as_pixels(std, "std"), max_pixel_value=255.0))
     if cutout_holes:
         ops.append(
@@ -94,6 +101,43 @@ def train_transform(
         )
     ops.append(ToTensorV2())
     return A.Compose(ops, seed=seed)
+
+
+def torchvision_policy(spec: str | Mapping[str, Any] | None, field: str = "policy") -> Any | None:
+    """torchvision's own per-image class (``transforms.v2``) for a ``data.policy`` value; None for none.
+
+    Same parameters as the device policy; a fill of 0 is torchvision's default (no fill). torchvision's
+    RandAugment has no magnitude std, so ``magnitude_std`` must be 0 here. The draws come from torch's
+    global RNG, which DataLoader seeds in each worker from the loader's generator.
+    """
+    policy = build_policy(spec, field)
+    if policy is None:
+        return None
+    from torchvision.transforms import v2
+
+    mode = v2.InterpolationMode(policy.interpolation)
+    fills = policy.fill if isinstance(policy.fill, tuple) else (policy.fill,)
+    fill = None if all(v == 0 for v in fills) else (list(fills) if len(fills) > 1 else fills[0])
+    if isinstance(policy, TrivialAugmentWide):
+        return v2.TrivialAugmentWide(num_magnitude_bins=policy.num_magnitude_bins, interpolation=mode, fill=fill)
+    if isinstance(policy, RandAugment):
+        rule = "0 on the workers loader (torchvision's RandAugment has no magnitude std)"
+        require(policy.magnitude_std == 0, f"{field}.magnitude_std", rule, policy.magnitude_std)
+        return v2.RandAugment(policy.num_ops, policy.magnitude, policy.num_magnitude_bins, mode, fill)
+    assert isinstance(policy, AutoAugment)
+    return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, mode, fill)
+
+
+class PerImage:
+    """An albumentations ``Lambda`` image function: a torch transform of a (C, H, W) uint8 tensor applied to
+    one HWC uint8 array (picklable, for spawned workers)."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, image: np.ndarray, **kwargs: Any) -> np.ndarray:
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return np.ascontiguousarray(self.transform(chw).permute(1, 2, 0).numpy())
 
 
 def eval_transform(mean: Sequence[float], std: Sequence[float]) -> Any:
