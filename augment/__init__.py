@@ -10,21 +10,6 @@ This package needs torch alone; the CIFAR data pipeline of the training app live
 """
 
 from augment.checks import CheckError
-from augment.erasing import Cutout
-from augment.losses import binary_cross_entropy, bce_targets, soft_target_cross_entropy
-from augment.crop import normalize, random_crop, random_crop_flip, random_flip, to_float_nchw
-from augment.mixing import CutMix, Mixup, MixupCutMix, cutmix_batch, mixup_batch
-from augment.noise import GaussianNoise
-from augment.pipeline import (
-    Compose,
-    CutMixConfig,
-    CutoutConfig,
-    MixingConfig,
-    MixupConfig,
-    NoiseConfig,
-    build_batch_augment,
-)
-from augment.targets import check_labels, one_hot, smooth, to_soft
 from augment.color import (
     adjust_brightness,
     adjust_contrast,
@@ -36,10 +21,25 @@ from augment.color import (
     posterize,
     solarize,
 )
+from augment.crop import normalize, random_crop, random_crop_flip, random_flip, to_float_nchw
+from augment.erasing import Cutout
 from augment.geometric import random_rotation, random_vflip, rotate, shear_x, shear_y, translate, vflip, warp_affine
+from augment.losses import bce_targets, binary_cross_entropy, soft_target_cross_entropy
+from augment.mixing import CutMix, Mixup, MixupCutMix, cutmix_batch, mixup_batch
+from augment.noise import GaussianNoise
+from augment.pipeline import (
+    Compose,
+    CutMixConfig,
+    CutoutConfig,
+    MixingConfig,
+    MixupConfig,
+    NoiseConfig,
+    build_batch_augment,
+)
 from augment.policies import AutoAugment, RandAugment, TrivialAugmentWide, build_policy
 from augment.policy_ops import OPS as POLICY_OPS
 from augment.policy_ops import apply_ops
+from augment.targets import check_labels, one_hot, smooth, to_soft
 
 __all__ = [
     "Mixup",

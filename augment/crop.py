@@ -51,7 +51,9 @@ def check_crop_args(padding: int, mode: str, height: int, width: int) -> None:
     check_int("padding", padding, low=0)
     check_choice("mode", mode, CROP_MODES)
     if mode == "reflect":
-        require(padding < min(height, width), "padding", f"< the image size {min(height, width)} for reflect mode", padding)
+        require(
+            padding < min(height, width), "padding", f"< the image size {min(height, width)} for reflect mode", padding
+        )
 
 
 def _randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

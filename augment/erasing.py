@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .mixing import box_indicators, centered_boxes, to_device
 from .checks import check_int, check_probability, check_real, is_real, require
+from .mixing import box_indicators, centered_boxes, to_device
 
 __all__ = ["Cutout", "hole_side", "holes_mask", "check_hole_size"]
 

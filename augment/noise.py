@@ -7,13 +7,12 @@ Noise is Equivalent to Tikhonov Regularization" (Neural Computation 7(1)). Targe
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 
 import torch
 
-from .mixing import to_device
 from .checks import check_probability, check_real, is_real, require
+from .mixing import to_device
 
 __all__ = ["GaussianNoise", "device_generator", "check_clamp"]
 

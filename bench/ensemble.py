@@ -96,7 +96,9 @@ def _label_collector() -> Any:
         def __init__(self) -> None:
             self.labels: list[np.ndarray] = []
 
-        def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        def on_predict_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        ) -> None:
             self.labels.append(batch[1].detach().cpu().numpy())
 
     return LabelCollector()
@@ -199,7 +201,8 @@ def ensemble_table(summary: Sequence[Mapping[str, Any]]) -> list[str]:
     for e in summary:
         lines.append(
             f"| {e['group']} | {e['n']} | {e['single_mean'] * 100:.2f} ± {e['single_std'] * 100:.2f} | "
-            f"{e['single_best'] * 100:.2f} | {e['ensemble'] * 100:.2f} | {(e['ensemble'] - e['single_mean']) * 100:+.2f} |"
+            f"{e['single_best'] * 100:.2f} | {e['ensemble'] * 100:.2f} | "
+            f"{(e['ensemble'] - e['single_mean']) * 100:+.2f} |"
         )
     if not summary:
         lines.append("| (no stored probabilities) | | | | | |")

@@ -14,7 +14,8 @@ Weights are never downloaded: ``pretrained=True`` only works with weights timm f
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import timm
 import torch.hub

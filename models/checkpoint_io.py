@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.utilities.cloud_io import get_filesystem
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.cloud_io import get_filesystem
 
 __all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save", "TEMP_SUFFIX"]
 

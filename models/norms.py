@@ -86,7 +86,9 @@ def _check_kind(kind: str, groups: int) -> None:
         raise ValueError(f"model.norm_groups must be an int >= 1, got {groups!r}")
 
 
-def _replacement(bn: nn.modules.batchnorm._BatchNorm, kind: str, groups: int, strict: bool, where: str) -> GroupNormAct | nn.GroupNorm:
+def _replacement(
+    bn: nn.modules.batchnorm._BatchNorm, kind: str, groups: int, strict: bool, where: str
+) -> GroupNormAct | nn.GroupNorm:
     """GroupNorm (or GroupNormAct for fused layers) with the BN's channels, eps, affine, device, dtype."""
     channels = bn.num_features
     n_groups = num_norm_groups(kind, channels, groups, strict, where)

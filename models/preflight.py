@@ -46,7 +46,9 @@ def _check_trainer(get: Any) -> None:
     _optional(check_int, "trainer.max_epochs", get("trainer.max_epochs"), low=-1)
     _optional(check_int, "trainer.max_steps", get("trainer.max_steps"), low=-1)
     _optional(check_real, "trainer.gradient_clip_val", get("trainer.gradient_clip_val"), low=0)
-    _optional(check_choice, "trainer.gradient_clip_algorithm", get("trainer.gradient_clip_algorithm"), ("norm", "value"))
+    _optional(
+        check_choice, "trainer.gradient_clip_algorithm", get("trainer.gradient_clip_algorithm"), ("norm", "value")
+    )
     _optional(check_choice, "trainer.precision", get("trainer.precision"), PRECISIONS)
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
         if get(f"trainer.{key}") is not None:
@@ -139,7 +141,9 @@ def check_forward(backbone: Any, image_size: tuple[int, int], channels: int = 3)
     except (RuntimeError, AssertionError, ValueError, TypeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         rule = f"a network that takes {image_size[0]}x{image_size[1]} images (its forward fails: {reason})"
-        raise CheckError("model.backbone", rule, getattr(backbone, "default_cfg", {}).get("architecture", "?")) from None
+        raise CheckError(
+            "model.backbone", rule, getattr(backbone, "default_cfg", {}).get("architecture", "?")
+        ) from None
     finally:
         backbone.train(was_training)
 

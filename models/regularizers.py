@@ -52,12 +52,16 @@ class WeightNoise(pl.Callback):
     ``noise_params``). seed: seeds a torch.Generator per device; None uses the global RNG.
     """
 
-    def __init__(self, std: float, relative: bool = False, param_filter: str = "conv_linear", seed: int | None = None) -> None:
+    def __init__(
+        self, std: float, relative: bool = False, param_filter: str = "conv_linear", seed: int | None = None
+    ) -> None:
         super().__init__()
         if not (isinstance(std, (int, float)) and not isinstance(std, bool) and 0.0 <= std < float("inf")):
             raise ValueError(f"weight_noise.std must be a finite number >= 0, got {std!r}")
         if param_filter not in PARAM_FILTERS:
-            raise ValueError(f"weight_noise.param_filter must be one of {', '.join(PARAM_FILTERS)}, got {param_filter!r}")
+            raise ValueError(
+                f"weight_noise.param_filter must be one of {', '.join(PARAM_FILTERS)}, got {param_filter!r}"
+            )
         self.std = float(std)
         self.relative = relative
         self.param_filter = param_filter
@@ -80,7 +84,9 @@ class WeightNoise(pl.Callback):
         return self._generators[device]
 
     def _noise_like(self, weight: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(weight.shape, generator=self._generator(weight.device), device=weight.device, dtype=weight.dtype)
+        noise = torch.randn(
+            weight.shape, generator=self._generator(weight.device), device=weight.device, dtype=weight.dtype
+        )
         scale = self.std * weight.float().square().mean().sqrt().to(weight.dtype) if self.relative else self.std
         return noise.mul_(scale)
 
@@ -107,10 +113,14 @@ class WeightNoise(pl.Callback):
             p.copy_(clean)
         self._noisy = False
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self.add_noise(pl_module)
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         self.restore()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -125,7 +135,9 @@ class WeightNoise(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.restore()
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         """Write clean weights into a checkpoint taken while noisy (e.g. mid gradient accumulation)."""
         if not self._noisy:
             return

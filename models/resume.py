@@ -81,13 +81,18 @@ def _check_settings(ckpt_path: Any, checkpoint: Mapping[str, Any], model: Any) -
     now = model.hparams
     for key in FIXED_MODEL_KEYS:
         if key in saved and key in now and saved[key] != now[key]:
-            raise _differs(ckpt_path, f"model.{key}", saved[key], now[key], "the saved weights belong to another network")
+            raise _differs(
+                ckpt_path, f"model.{key}", saved[key], now[key], "the saved weights belong to another network"
+            )
     saved_opt = OptimizerConfig(**_as_mapping(saved["optimizer"])) if "optimizer" in saved else None
     if saved_opt is None:
         return
     now_opt = model.optimizer_config
     if optimizer_class(saved_opt.name) is not optimizer_class(now_opt.name):
-        why = f"a {optimizer_class(saved_opt.name).__name__} state cannot drive {optimizer_class(now_opt.name).__name__}"
+        why = (
+            f"a {optimizer_class(saved_opt.name).__name__} state cannot drive "
+            f"{optimizer_class(now_opt.name).__name__}"
+        )
         raise _differs(ckpt_path, "model.optimizer.name", saved_opt.name, now_opt.name, why)
     if (saved_opt.sam is None) != (now_opt.sam is None):
         raise _differs(ckpt_path, "model.optimizer.sam", saved_opt.sam, now_opt.sam, "SAM wraps the optimizer state")

@@ -150,7 +150,8 @@ CASES = [
     ("nesterov_without_momentum", "good",
      ["--model.optimizer.name", "nesterov", "--model.optimizer.momentum", "0"], "optimizer.momentum", "> 0"),
     ("milestones_decreasing", "good",
-     ["--model.scheduler.name", "multistep", "--model.scheduler.milestones", "[5, 2]"], "scheduler.milestones", "increasing"),
+     ["--model.scheduler.name", "multistep", "--model.scheduler.milestones", "[5, 2]"],
+     "scheduler.milestones", "increasing"),
     ("cifar_stem_unknown", "good", ["--model.cifar_stem", "stride3"], "model.cifar_stem", "one of"),
     ("cifar_stem_cannot_adapt", "good", ["--model.backbone", "levit_128s", "--model.cifar_stem", "auto"],
      "model.cifar_stem", "cannot build"),
@@ -173,7 +174,8 @@ CASES = [
     ("monitor_unknown_metric", "good", ["--early_stopping.monitor", "val/accuracy"], "early_stopping.monitor",
      "one of val/acc, val/acc5, val/loss, train/acc, train/acc5, train/loss"),
     ("checkpoint_monitor_unknown", "good", ["--checkpoint.monitor", "val_acc"], "checkpoint.monitor", "one of val/acc"),
-    ("early_stopping_mode_unknown", "good", ["--early_stopping.mode", "maximum"], "early_stopping.mode", "one of min, max"),
+    ("early_stopping_mode_unknown", "good", ["--early_stopping.mode", "maximum"], "early_stopping.mode",
+     "one of min, max"),
     ("accumulate_grad_batches_zero", "good", ["--trainer.accumulate_grad_batches", "0"],
      "trainer.accumulate_grad_batches", "an int >= 1"),
     ("check_val_every_n_epoch_zero", "good", ["--trainer.check_val_every_n_epoch", "0"],
@@ -208,7 +210,8 @@ CASES = [
     ("ckpt_path_missing", "good", ["--ckpt_path", "{tmp}/nothere.ckpt"], "ckpt_path", "existing checkpoint file"),
     ("ckpt_path_truncated", "good", ["--ckpt_path", "{tmp}/truncated.ckpt"], "ckpt_path", "complete torch checkpoint"),
     ("ckpt_path_not_lightning", "good", ["--ckpt_path", "{tmp}/weights.pt"], "ckpt_path", "Lightning checkpoint"),
-    ("ckpt_path_other_model", "good", ["--ckpt_path", "{tmp}/other_model.ckpt"], "ckpt_path", "weights of this model config"),
+    ("ckpt_path_other_model", "good", ["--ckpt_path", "{tmp}/other_model.ckpt"], "ckpt_path",
+     "weights of this model config"),
 ]
 
 

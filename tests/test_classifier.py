@@ -426,8 +426,14 @@ def test_lightning_cli_parser_exposes_nested_fields():
         ({"label_smoothing": 1.0}, r"^model\.label_smoothing must be in \[0, 1\), got 1\.0$"),
         ({"ema_decay": -0.1}, r"^model\.ema_decay must be in \[0, 1\), got -0\.1$"),
         ({"num_classes": 1}, r"^model\.num_classes must be an int >= 2, got 1$"),
-        ({"backbone": "resnet19"}, r"^model\.backbone must be a timm model name, got 'resnet19'; close names: .*resnet18"),
-        ({"mixup": {"beta": 1.0}}, r"^model\.mixup keys must be among \['alpha'\], got unknown key model\.mixup\.beta$"),
+        (
+            {"backbone": "resnet19"},
+            r"^model\.backbone must be a timm model name, got 'resnet19'; close names: .*resnet18",
+        ),
+        (
+            {"mixup": {"beta": 1.0}},
+            r"^model\.mixup keys must be among \['alpha'\], got unknown key model\.mixup\.beta$",
+        ),
         ({"mixup": {"alpha": -1.0}}, r"^model\.mixup\.alpha must be >= 0"),
         ({"optimizer": {"name": "lion"}}, r"^optimizer\.name must be one of"),
         ({"tta_flip": "yes"}, r"^model\.tta_flip must be true or false"),

@@ -8,7 +8,6 @@ is read). Variant overlays are composed on top of configs/cifar10_resnet18.yaml.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

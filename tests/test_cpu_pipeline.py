@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
 from augment.data.loaders import ArrayDataset
+from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
@@ -86,7 +86,9 @@ def test_argument_errors():
 
 def test_missing_albumentations_raises_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "albumentations", None)
-    with pytest.raises(ImportError, match="albumentations is required for the CPU loader path: pip install albumentations"):
+    with pytest.raises(
+        ImportError, match="albumentations is required for the CPU loader path: pip install albumentations"
+    ):
         train_transform(MEAN, STD)
 
 

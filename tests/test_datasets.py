@@ -25,7 +25,9 @@ from augment.data.datasets import (
 )
 
 
-def _write_tree(root: Path, classes=("cat", "ant", "bee"), per_class=(3, 2, 4), size=(6, 5), splits=("train", "test"), seed=0):
+def _write_tree(
+    root: Path, classes=("cat", "ant", "bee"), per_class=(3, 2, 4), size=(6, 5), splits=("train", "test"), seed=0
+):
     """A tiny ImageFolder tree; returns {split: (images in load order, labels)}."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -193,10 +195,14 @@ def fake_cifar10(tmp_path, monkeypatch):
         labels = rng.integers(0, 10, 2).tolist()
         with open(folder / name, "wb") as f:
             pickle.dump({"data": data, "labels": labels}, f)
-        truth["test" if name == "test_batch" else "train"].append((data.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1), labels))
+        truth["test" if name == "test_batch" else "train"].append(
+            (data.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1), labels)
+        )
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": list(CIFAR10_CLASSES)}, f)
-    return tmp_path, {k: (np.concatenate([d for d, _ in v]), np.concatenate([l for _, l in v])) for k, v in truth.items()}
+    return tmp_path, {
+        k: (np.concatenate([d for d, _ in v]), np.concatenate([lab for _, lab in v])) for k, v in truth.items()
+    }
 
 
 def test_torchvision_cifar10_files_load_and_cache(fake_cifar10, monkeypatch):
@@ -339,6 +345,8 @@ def test_download_without_network_is_one_line_error(tmp_path, monkeypatch):
         raise urllib.error.URLError(OSError(-2, "Name or service not known"))
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(ValueError, match=r"^data\.download could not fetch cifar10 .*data\.root at a local copy") as err:
+    with pytest.raises(
+        ValueError, match=r"^data\.download could not fetch cifar10 .*data\.root at a local copy"
+    ) as err:
         load_dataset("cifar10", tmp_path / "empty", "train", download=True)
     assert "\n" not in str(err.value)

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_bad_input import cli_args
 
 from helpers import make_imagefolder
-from test_bad_input import cli_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, CLASSES, VAL_SIZE, EPOCHS = 48, 4, 96, 4
@@ -56,7 +56,9 @@ def _val_accuracy(checkpoint: Path, data: Path) -> float:
     return correct / total
 
 
-def test_two_process_cpu_ddp_matches_single_process(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_process_cpu_ddp_matches_single_process(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from models.cli import run
 
     ddp_dir = tmp_path / "ddp"
@@ -71,7 +73,9 @@ def test_two_process_cpu_ddp_matches_single_process(data: Path, tmp_path: Path, 
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     with open(ddp_dir / "log.txt", "w") as log:  # Lightning re-launches train.py for rank 1 itself
-        ddp = subprocess.Popen([sys.executable, str(REPO / "train.py"), *ddp_args], cwd=ddp_dir, env=env, stdout=log, stderr=log)
+        ddp = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *ddp_args], cwd=ddp_dir, env=env, stdout=log, stderr=log
+        )
 
     # Meanwhile (2 cores: it mostly waits for DDP), the single-process baseline in this process.
     monkeypatch.chdir(tmp_path)

@@ -5,16 +5,15 @@ CIFARDataModule + Trainer path)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_bad_input import cli_args
 
 from helpers import make_imagefolder
-from test_bad_input import cli_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
@@ -115,7 +114,9 @@ class NonPersistentDataLoader(torch.utils.data.DataLoader):
 
 
 @pytest.mark.parametrize(
-    ("loader", "persistent"), [("workers", True), ("workers", False), ("device", True)], ids=["workers", "workers_restarted", "device_loader"]
+    ("loader", "persistent"),
+    [("workers", True), ("workers", False), ("device", True)],
+    ids=["workers", "workers_restarted", "device_loader"],
 )
 def test_augmentation_differs_across_epochs_and_workers_and_replays_from_seed(
     loader: str, persistent: bool, same_image_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_input import cli_args
 
 from helpers import make_imagefolder
-from test_bad_input import cli_args
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3  # 4 classes x 8 train images, 8 held out, batch 8
@@ -25,7 +25,9 @@ MAX_EPOCHS = 5
 def _train_py(args: list[str], workdir: Path, log_name: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     log = open(workdir / log_name, "w")  # a file, not a pipe: a full pipe would block the run
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=workdir, env=env, stdout=log, stderr=log)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=workdir, env=env, stdout=log, stderr=log
+    )
 
 
 def _global_step(path: Path) -> int | None:
@@ -112,7 +114,9 @@ def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(tmp_path: Path) ->
     assert sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
 
-def _uninterrupted_then_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, common: list[str], resume_from: str) -> None:
+def _uninterrupted_then_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, common: list[str], resume_from: str
+) -> None:
     """Run `common` to the end with checkpoints in a_ckpts, then again from a_ckpts/`resume_from` into b_ckpts."""
     from models.cli import run
 
@@ -122,7 +126,9 @@ def _uninterrupted_then_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     torch.set_num_threads(1)
     try:
         run(cli_args(data, tmp_path / "a", *common, "--checkpoint.dirpath", str(tmp_path / "a_ckpts")))
-        resume = ["--checkpoint.dirpath", str(tmp_path / "b_ckpts"), "--ckpt_path", str(tmp_path / "a_ckpts" / resume_from)]
+        resume = [
+            "--checkpoint.dirpath", str(tmp_path / "b_ckpts"), "--ckpt_path", str(tmp_path / "a_ckpts" / resume_from)
+        ]
         run(cli_args(data, tmp_path / "b", *common, *resume))
     finally:
         torch.set_num_threads(threads)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_input import cli_args
 
 from helpers import make_imagefolder
-from test_bad_input import cli_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
@@ -20,7 +20,9 @@ STEPS_PER_EPOCH = 3  # 4 classes x 8 train images, 8 held out for validation, ba
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("nonfinite_data"), num_classes=4, train_per_class=8, test_per_class=2)
+    return make_imagefolder(
+        tmp_path_factory.mktemp("nonfinite_data"), num_classes=4, train_per_class=8, test_per_class=2
+    )
 
 
 def _main(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str]:
@@ -57,7 +59,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(
     monkeypatch.setattr(CifarClassifier, "loss", loss_turning_nan)
     extra = ["--trainer.max_epochs", "3"]
     if every_n_train_steps:  # unmonitored: a file after every step (whatever the guard's check interval)
-        extra += ["--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "step{step}",
+        extra += ["--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1",
+                  "--checkpoint.filename", "step{step}",
                   "--checkpoint.every_n_train_steps", str(every_n_train_steps)]
     code, line = _main(cli_args(data, tmp_path / "runs", *extra), tmp_path, monkeypatch, capsys)
 

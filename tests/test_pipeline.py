@@ -139,10 +139,16 @@ def test_unknown_keys_name_the_key_and_allowed_keys():
     [
         (lambda: as_config(MixupConfig, {"alpha": -1}, "mixup"), r"mixup\.alpha must be >= 0, got -1"),
         (lambda: as_config(CutMixConfig, {"alpha": -0.5}, "cutmix"), r"cutmix\.alpha must be >= 0, got -0.5"),
-        (lambda: as_config(CutMixConfig, {"correct_lam": "yes"}, "cutmix"), r"cutmix\.correct_lam must be true or false"),
+        (
+            lambda: as_config(CutMixConfig, {"correct_lam": "yes"}, "cutmix"),
+            r"cutmix\.correct_lam must be true or false",
+        ),
         (lambda: as_config(MixingConfig, {"prob": 1.2}, "mixing"), r"mixing\.prob must be in \[0, 1\], got 1.2"),
         (lambda: as_config(MixingConfig, {"switch_prob": -0.1}, "mixing"), r"mixing\.switch_prob must be in \[0, 1\]"),
-        (lambda: as_config(MixingConfig, {"stop_epoch": -1}, "mixing"), r"mixing\.stop_epoch must be null or an int >= 0"),
+        (
+            lambda: as_config(MixingConfig, {"stop_epoch": -1}, "mixing"),
+            r"mixing\.stop_epoch must be null or an int >= 0",
+        ),
         (lambda: as_config(CutoutConfig, {"n_holes": -1}, "cutout"), r"cutout\.n_holes must be an int >= 0, got -1"),
         (lambda: as_config(CutoutConfig, {"size": -3}, "cutout"), r"cutout\.size must be >= 0.*got -3"),
         (lambda: as_config(CutoutConfig, {"size": 1.5}, "cutout"), r"cutout\.size must be .*got 1.5"),

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from augment.checks import field_prefix
-
 from augment.data.splits import (
     bootstrap_indices,
     class_counts,

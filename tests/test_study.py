@@ -500,5 +500,5 @@ def test_bagging_ci_ensemble_of_bootstrap_models(tiny_data: Path, tmp_path: Path
     configs = [yaml.safe_load(Path(r["log_dir"], "config.yaml").read_text())["data"] for r in rows]
     assert [(c["bootstrap"], c["seed"]) for c in configs] == [(True, 0), (True, 1)]
     expected = ensemble.ensemble_accuracy([p for p, _ in members], members[0][1]) * 100
-    assert f"| bagged | 2 | " in (md := (tmp_path / "bagging/results.md").read_text())
+    assert "| bagged | 2 | " in (md := (tmp_path / "bagging/results.md").read_text())
     assert f"| {expected:.2f} |" in md.split("### Ensembles")[1]

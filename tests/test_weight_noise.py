@@ -214,7 +214,10 @@ def test_seeded_noise_is_reproducible_and_zero_std_is_noop():
     [
         ({"std": -0.1}, r"weight_noise\.std must be a finite number >= 0, got -0\.1"),
         ({"std": float("nan")}, r"weight_noise\.std must be a finite number >= 0, got nan"),
-        ({"std": 0.1, "param_filter": "bias"}, r"weight_noise\.param_filter must be one of conv_linear, all, got 'bias'"),
+        (
+            {"std": 0.1, "param_filter": "bias"},
+            r"weight_noise\.param_filter must be one of conv_linear, all, got 'bias'",
+        ),
     ],
 )
 def test_invalid_arguments_raise_naming_the_field(kwargs, message):

@@ -15,11 +15,11 @@ import pytorch_lightning as pl
 import torch
 
 from augment.checks import check_bool, check_choice, check_int, field_prefix, is_int, require
-from augment.policies import build_policy
-from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
 from augment.data.datasets import DATASETS, dataset_classes, dataset_stats, load_dataset
 from augment.data.loaders import ArrayDataset, DeviceBatchLoader
 from augment.data.splits import bootstrap_indices, stratified_kfold, stratified_split, stratified_subset
+from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
+from augment.policies import build_policy
 
 __all__ = ["CIFARDataModule", "LOADERS"]
 
@@ -94,7 +94,12 @@ class CIFARDataModule(pl.LightningDataModule):
             check_choice("dataset", dataset, DATASETS)
             ok = (is_int(val_size) and val_size >= 0) or (isinstance(val_size, float) and 0.0 <= val_size < 1.0)
             require(ok, "val_size", "an int count >= 0 or a float fraction in [0, 1)", val_size)
-            require(is_int(num_folds) and (num_folds == 0 or num_folds >= 2), "num_folds", "0 (off) or an int >= 2", num_folds)
+            require(
+                is_int(num_folds) and (num_folds == 0 or num_folds >= 2),
+                "num_folds",
+                "0 (off) or an int >= 2",
+                num_folds,
+            )
             if num_folds:
                 ok = is_int(fold) and 0 <= fold < num_folds
                 require(ok, "fold", f"an int in [0, {num_folds}) (num_folds={num_folds})", fold)

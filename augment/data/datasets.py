@@ -123,7 +123,9 @@ def _scan_folder(root: Path, split: str, classes: Sequence[str]) -> tuple[list[s
     rows: list[tuple] = []
     for cls in _class_dirs(split_dir):
         if cls not in index:
-            raise ValueError(f"class folder {split_dir / cls} is not a class of the train split ({len(classes)} classes)")
+            raise ValueError(
+                f"class folder {split_dir / cls} is not a class of the train split ({len(classes)} classes)"
+            )
         entries = sorted(
             (e for e in os.scandir(split_dir / cls) if e.is_file() and not e.name.startswith(".")),
             key=lambda e: e.name,
@@ -385,7 +387,10 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def dataset_stats(
-    name: str, root: str | os.PathLike = "data", download: bool = False, cache_dir: str | os.PathLike | None | bool = None
+    name: str,
+    root: str | os.PathLike = "data",
+    download: bool = False,
+    cache_dir: str | os.PathLike | None | bool = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalization (mean, std) in [0, 1] units: CIFAR constants, or computed from an imagefolder's train split."""
     check_dataset_name(name)

@@ -77,13 +77,17 @@ class DeviceBatchLoader:
         policy: Any | None = None,
     ) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 (N, H, W, C) or (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, H, W, C) or (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
         check_int("batch_size", batch_size, low=1)
         check_int("padding", padding, low=0)
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, world_size={world_size}"
+            )
         # Store channels first so each batch gather reads contiguous planes (the fastest crop layout).
         self.images = _as_nchw(images, layout).contiguous()
         self.labels = labels.to(device=images.device, dtype=torch.int64)
@@ -133,7 +137,7 @@ class DeviceBatchLoader:
     batch_sampler = None
 
     @property
-    def sampler(self) -> "DeviceBatchLoader":
+    def sampler(self) -> DeviceBatchLoader:
         return self
 
     def set_epoch(self, epoch: int) -> None:

@@ -113,7 +113,9 @@ def stratified_kfold(
     and so do the total fold sizes.
     """
     y = _as_labels(labels)
-    require(is_int(num_folds) and 2 <= num_folds <= y.size, "num_folds", f"0 (off) or an int in [2, {y.size}]", num_folds)
+    require(
+        is_int(num_folds) and 2 <= num_folds <= y.size, "num_folds", f"0 (off) or an int in [2, {y.size}]", num_folds
+    )
     ok = is_int(fold) and 0 <= fold < num_folds
     require(ok, "fold", f"an int in [0, {num_folds}) for num_folds={num_folds}", fold)
     rng = np.random.default_rng([seed, _KFOLD])

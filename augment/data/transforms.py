@@ -143,7 +143,9 @@ class PerImage:
 def eval_transform(mean: Sequence[float], std: Sequence[float]) -> Any:
     """Evaluation pipeline: normalize, HWC uint8 -> CHW float tensor (deterministic)."""
     A, ToTensorV2, _ = _albumentations()
-    return A.Compose([A.Normalize(mean=_as_pixels(mean, "mean"), std=_as_pixels(std, "std"), max_pixel_value=255.0), ToTensorV2()])
+    return A.Compose(
+        [A.Normalize(mean=_as_pixels(mean, "mean"), std=_as_pixels(std, "std"), max_pixel_value=255.0), ToTensorV2()]
+    )
 
 
 def reseed_transform(transform: Any, seed: int) -> bool:
