@@ -11,6 +11,8 @@ images that live on the device with per-sample random crop (reflect pad 4) + fli
   checkpointing off and on.
 - `--mix on`: both apply the project's per-sample Mixup/CutMix switch (`augment.pipeline`), so the
   ratio still isolates framework overhead.
+- `--sam`: one more Lightning run with SAM (`model.optimizer.sam`, rho 0.05) around the same optimizer;
+  a line under the table gives its s/epoch against the plain Lightning run of the same invocation.
 
 Runs are in one process (cudnn autotune is paid once, in the first run's first epoch). The first epoch
 of every run is reported apart and left out of the steady s/epoch mean. Epochs are timed in wall time
@@ -68,10 +70,12 @@ __all__ = [
     "profile_steps",
     "merge_repeats",
     "markdown_table",
+    "sam_cost_lines",
     "main",
 ]
 
 NUM_CLASSES = 10
+SAM_CONFIG = {"rho": 0.05, "adaptive": False}
 MIX_CONFIG = {
     "mixup": {"alpha": 0.2},
     "cutmix": {"alpha": 1.0},
@@ -374,7 +378,9 @@ def _epoch_clock(settings: Settings):  # a factory: keeps Lightning out of the i
     return EpochClock()
 
 
-def _cli_args(settings: Settings, root: Path, mix: bool, workdir: Path, subset: int | None) -> dict[str, Any]:
+def _cli_args(
+    settings: Settings, root: Path, mix: bool, workdir: Path, subset: int | None, sam: bool = False
+) -> dict[str, Any]:
     """The config train.py would get for the same run (no validation split, progress bar off)."""
     model: dict[str, Any] = {
         "backbone": settings.backbone,
@@ -388,6 +394,8 @@ def _cli_args(settings: Settings, root: Path, mix: bool, workdir: Path, subset: 
     }
     if mix:
         model.update(MIX_CONFIG)
+    if sam:
+        model["optimizer"]["sam"] = dict(SAM_CONFIG)
     return {
         "seed_everything": settings.seed,
         "trainer": {
@@ -422,15 +430,17 @@ def _lightning_trainer(
     subset: int | None,
     extra: list[Any],
     guard_every: int | None = None,
+    sam: bool = False,
 ) -> Any:
     """`models.cli.CifarCLI` objects for a train-only run: no early stopping, checkpoints last-only or off;
-    `guard_every` overrides `NonFiniteLossGuard.check_every_n_steps` (how often the loss is read to the host)."""
+    `guard_every` overrides `NonFiniteLossGuard.check_every_n_steps` (how often the loss is read to the host);
+    `sam` wraps the optimizer in SAM."""
     from pytorch_lightning.callbacks import Checkpoint, EarlyStopping
 
     from models.cli import CifarCLI, LastCheckpoint
 
     with unittest.mock.patch.object(sys, "argv", sys.argv[:1]):  # the config is all in args, not sys.argv
-        cli = CifarCLI(_cli_args(settings, root, mix, workdir, subset))
+        cli = CifarCLI(_cli_args(settings, root, mix, workdir, subset, sam))
     kept = []
     for callback in cli.trainer.callbacks:
         if isinstance(callback, EarlyStopping):
@@ -453,14 +463,16 @@ def train_lightning(
     workdir: Path,
     subset: int | None = None,
     guard_every: int | None = None,
+    sam: bool = False,
 ) -> RunResult:
     """Train through `models.cli.CifarCLI` (train.py's objects); checkpoints every epoch when `checkpoint`."""
     clock = _epoch_clock(settings)
-    cli = _lightning_trainer(settings, root, mix, checkpoint, workdir, subset, [clock], guard_every)
+    cli = _lightning_trainer(settings, root, mix, checkpoint, workdir, subset, [clock], guard_every, sam)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     metrics = cli.trainer.callback_metrics
     loss = float(metrics["train/loss"]) if "train/loss" in metrics else math.nan
     name = "lightning" + (" +ckpt" if checkpoint else "") + (f" guard/{guard_every}" if guard_every else "")
+    name += " +sam" if sam else ""
     by_dtype = clock.data_bytes
     note = ", ".join(f"{str(dtype).replace('torch.', '')} {nbytes / 1e6:.1f} MB" for dtype, nbytes in by_dtype.items())
     result = RunResult(name, mix, clock.epoch_s, statistics.mean(clock.images), loss,
@@ -510,6 +522,18 @@ def markdown_table(results: list[RunResult]) -> str:
             f"| {t_ratio} | {_mb(r.peak_bytes)} | {m_ratio} | {r.data_note} | {r.final_loss:.3f} |"
         )
     return "\n".join(lines)
+
+
+def sam_cost_lines(results: list[RunResult]) -> str:
+    """'SAM step cost' lines: s/epoch of each `lightning +sam` run over the `lightning` run with the same mix."""
+    base = {r.mix: r for r in results if r.name == "lightning"}
+    lines = [
+        f"SAM step cost (mix {'on' if r.mix else 'off'}): {r.steady_s / base[r.mix].steady_s:.2f}x the s/epoch of "
+        f"the same Lightning run without SAM ({r.steady_s:.3f} vs {base[r.mix].steady_s:.3f} s)"
+        for r in results
+        if r.name == "lightning +sam" and r.mix in base
+    ]
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def _device_name(device: torch.device) -> str:
@@ -589,6 +613,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="run every loop this many times, interleaved")
     p.add_argument("--guard-every", type=int, default=None, metavar="N",
                    help="add a Lightning run whose NonFiniteLossGuard reads the loss every N steps")
+    p.add_argument("--sam", action="store_true",
+                   help="add a Lightning run with SAM (rho 0.05); its s/epoch vs plain Lightning is SAM's step cost")
     p.add_argument("--loops", default="plain,lightning", help="comma list of plain, lightning")
     p.add_argument("--profile", action="store_true", help="only profile one epoch of each loop: op counts, host syncs")
     p.add_argument("--max-time-ratio", type=float, default=None, help="exit 1 if lightning/plain s/epoch exceeds it")
@@ -677,8 +703,11 @@ def _run_all(args: argparse.Namespace, settings: Settings, images: np.ndarray, l
                     runs.append(
                         _measure(device, train_lightning, settings, root, mix, False, work, subset, args.guard_every)
                     )
+                if args.sam:
+                    work = tmp / f"runs_{len(runs)}"
+                    runs.append(_measure(device, train_lightning, settings, root, mix, False, work, subset, None, True))
     results = merge_repeats(runs)
-    table = markdown_table(results)
+    table = markdown_table(results) + sam_cost_lines(results)
     header = (f"\n## train_speed on {_device_name(device)}\n\n{settings.backbone}, batch {settings.batch_size}, "
               f"{'bf16 autocast' if settings.bf16 else 'fp32'}, channels_last, {len(images)} train images "
               f"({source}), {settings.epochs} epochs per run x {args.repeats}; s/epoch = mean without each run's "
@@ -697,7 +726,8 @@ def _run_all(args: argparse.Namespace, settings: Settings, images: np.ndarray, l
         anchors = {r.mix: r for r in results if r.name == "plain"}
         for r in results:
             ratio = r.steady_s / anchors[r.mix].steady_s if r.mix in anchors else 0.0
-            if r.name.startswith("lightning") and "+ckpt" not in r.name and ratio > args.max_time_ratio:
+            plain_lightning = r.name.startswith("lightning") and "+ckpt" not in r.name and "+sam" not in r.name
+            if plain_lightning and ratio > args.max_time_ratio:
                 print(f"FAIL: {r.name} mix={r.mix} takes {ratio:.3f}x the plain loop's time (> {args.max_time_ratio})")
                 status = 1
     return status

@@ -58,27 +58,30 @@ class SAMConfig:
     """SAM / ASAM around the optimizer (YAML: `model.optimizer.sam`, null = off; see `models.sam`).
 
     rho: neighbourhood radius (> 0). adaptive: ASAM, radius relative to |w| + eta (eta >= 0).
+    Checked by OptimizerConfig (a failing check inside an optional dataclass would reach the
+    command line as an anonymous union error).
     """
 
     rho: float = 0.05
     adaptive: bool = False
     eta: float = 0.01
 
-    def __post_init__(self) -> None:
-        with field_prefix("optimizer.sam"):
-            self.rho = check_real("rho", self.rho, 0.0, low_open=True)
-            check_bool("adaptive", self.adaptive)
-            self.eta = check_real("eta", self.eta, 0.0)
-
 
 def _sam_config(value: Any) -> SAMConfig | None:
-    """None, a SAMConfig, or a mapping of its fields (YAML, checkpoint hparams) -> SAMConfig | None."""
-    if value is None or isinstance(value, SAMConfig):
-        return value
-    require(isinstance(value, Mapping), "optimizer.sam", "null or a mapping of rho, adaptive, eta", value)
-    unknown = sorted(set(value) - {f.name for f in fields(SAMConfig)})
-    require(not unknown, "optimizer.sam", "a mapping of rho, adaptive, eta", dict(value))
-    return SAMConfig(**value)
+    """None, a SAMConfig or a mapping of its fields (YAML, checkpoint hparams) -> a checked SAMConfig | None."""
+    if value is None:
+        return None
+    if not isinstance(value, SAMConfig):
+        require(isinstance(value, Mapping), "optimizer.sam", "null or a mapping of rho, adaptive, eta", value)
+        unknown = sorted(set(value) - {f.name for f in fields(SAMConfig)})
+        require(not unknown, "optimizer.sam", "a mapping of rho, adaptive, eta", dict(value))
+        value = SAMConfig(**value)
+    with field_prefix("optimizer.sam"):
+        return SAMConfig(
+            rho=check_real("rho", value.rho, 0.0, low_open=True),
+            adaptive=check_bool("adaptive", value.adaptive),
+            eta=check_real("eta", value.eta, 0.0),
+        )
 
 
 @dataclass
