@@ -5,6 +5,8 @@ from models.classifier import CifarClassifier
 from models.norms import swap_norm
 from models.optim import OptimizerConfig, SchedulerConfig, param_groups
 from models.regularizers import WeightNoise
+from models.sam import SAM
+from models.sharpness import Sharpness, epsilon_sharpness, hessian_max_eigenvalue, measure_sharpness
 
 __all__ = [
     "create_model",
@@ -14,4 +16,9 @@ __all__ = [
     "OptimizerConfig",
     "SchedulerConfig",
     "param_groups",
+    "SAM",
+    "Sharpness",
+    "measure_sharpness",
+    "hessian_max_eigenvalue",
+    "epsilon_sharpness",
 ]

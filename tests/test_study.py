@@ -502,3 +502,21 @@ def test_bagging_ci_ensemble_of_bootstrap_models(tiny_data: Path, tmp_path: Path
     expected = ensemble.ensemble_accuracy([p for p, _ in members], members[0][1]) * 100
     assert "| bagged | 2 | " in (md := (tmp_path / "bagging/results.md").read_text())
     assert f"| {expected:.2f} |" in md.split("### Ensembles")[1]
+
+
+def test_sharpness_metrics_become_study_columns(tmp_path: Path) -> None:
+    """A run with sharpness on records both measures; the report gains their mean +- std columns."""
+    from bench.study import load_study, run_study
+
+    study = load_study(_write_study(tmp_path, seeds=[0, 1], variants=[{"name": "a"}]))
+    values = iter([(10.0, 2.0), (14.0, 4.0)])
+
+    def fake(args: list[str]) -> dict:
+        eig, eps = next(values)
+        return {"test/acc": 0.5, "sharpness/hessian_max_eig": eig, "sharpness/eps_sharpness": eps}
+
+    rows = run_study(study, "ci", tmp_path / "out", run_fn=fake)
+    assert [(r["hessian_max_eig"], r["eps_sharpness"]) for r in rows] == [("10", "2"), ("14", "4")]
+    report = (tmp_path / "out" / "toy" / "results.md").read_text()
+    assert "| Hessian max eig | eps-sharpness (%) |" in report
+    assert "| 12.0 ± 2.8 | 3.0 ± 1.4 |" in report  # sample std of (10, 14) and (2, 4)

@@ -15,8 +15,8 @@ __all__ = ["RESULT_COLUMNS", "SWEEP_COLUMNS", "Ledger", "read_rows", "append_row
 
 RESULT_COLUMNS = (
     "study", "scale", "variant", "group", "seed", "status", "test_acc", "val_acc", "train_acc",
-    "train_acc_clean", "train_loss", "test_loss", "epochs", "global_step", "fit_time_s", "lr", "message",
-    "log_dir",
+    "train_acc_clean", "train_loss", "test_loss", "epochs", "global_step", "fit_time_s", "lr",
+    "hessian_max_eig", "eps_sharpness", "message", "log_dir",
 )  # fmt: skip
 # The sweep's file keeps the record's columns that exist without a test run.
 SWEEP_COLUMNS = (
@@ -115,4 +115,6 @@ def metric_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "epochs": metrics.get("epochs"),
         "global_step": metrics.get("global_step"),
         "fit_time_s": _metric(metrics, "fit_time_s"),
+        "hessian_max_eig": _metric(metrics, "sharpness/hessian_max_eig"),  # with sharpness.enable
+        "eps_sharpness": _metric(metrics, "sharpness/eps_sharpness"),
     }

@@ -40,7 +40,9 @@ def summarize(rows: Iterable[Mapping[str, str]], scale: str) -> list[dict[str, A
     summary = []
     for group, members in groups.items():
         entry: dict[str, Any] = {"group": group, "n": len(members)}
-        for key in ("test_acc", "val_acc", "train_acc", "train_acc_clean", "epochs", "fit_time_s"):
+        keys = ("test_acc", "val_acc", "train_acc", "train_acc_clean", "epochs", "fit_time_s", "hessian_max_eig",
+                "eps_sharpness")
+        for key in keys:
             entry[key] = _floats(members, key)
         train = entry["train_acc_clean"] or entry["train_acc"]
         entry["gap"] = [
@@ -97,12 +99,17 @@ def _table(study: Study, summary: list[dict[str, Any]]) -> list[str]:
     head = ["variant", "n", "test acc (%)", "val acc (%)"]
     if study.gap:
         head += ["train acc (%)", "train-test gap (pp)"]
+    sharp = any(e["hessian_max_eig"] or e["eps_sharpness"] for e in summary)
+    if sharp:
+        head += ["Hessian max eig", "eps-sharpness (%)"]
     head += ["epochs", "fit time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
         cells = [e["group"], str(e["n"]), _mean_std(e["test_acc"]), _mean_std(e["val_acc"])]
         if study.gap:
             cells += [_mean_std(e["train_acc_clean"] or e["train_acc"]), _mean_std(e["gap"])]
+        if sharp:
+            cells += [_mean_std(e["hessian_max_eig"], 1.0, 1), _mean_std(e["eps_sharpness"], 1.0, 1)]
         cells += [_mean_std(e["epochs"], 1.0, 1), _mean_std(e["fit_time_s"], 1.0, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     if not summary:
