@@ -118,6 +118,16 @@ def shift_crop(
     return out.contiguous(memory_format=fmt)
 
 
+def _random_offsets(
+    x: torch.Tensor, padding: int, mode: str, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked arguments, then per-sample crop offsets (top, left) in [0, 2 * padding], drawn in that order."""
+    _check_batch(x)
+    check_crop_args(padding, mode, x.shape[2], x.shape[3])
+    n = 2 * padding + 1
+    return _randint(n, x.shape[0], generator, x.device), _randint(n, x.shape[0], generator, x.device)
+
+
 def random_crop(
     x: torch.Tensor,
     padding: int = 4,
@@ -126,11 +136,7 @@ def random_crop(
     fill: float = 0.0,
 ) -> torch.Tensor:
     """Pad each image of ``x`` (B, C, H, W) by ``padding`` and crop back to (H, W) at a random offset per sample."""
-    _check_batch(x)
-    check_crop_args(padding, mode, x.shape[2], x.shape[3])
-    n = 2 * padding + 1
-    top = _randint(n, x.shape[0], generator, x.device)
-    left = _randint(n, x.shape[0], generator, x.device)
+    top, left = _random_offsets(x, padding, mode, generator)
     return shift_crop(x, top, left, None, padding, mode, fill)
 
 
@@ -151,13 +157,9 @@ def random_crop_flip(
     fill: float = 0.0,
 ) -> torch.Tensor:
     """Random pad-crop and random left-right flip of ``x`` (B, C, H, W) fused into one gather."""
-    _check_batch(x)
-    check_crop_args(padding, mode, x.shape[2], x.shape[3])
     check_probability("flip_p", flip_p)
-    b, n = x.shape[0], 2 * padding + 1
-    top = _randint(n, b, generator, x.device)
-    left = _randint(n, b, generator, x.device)
-    flip = _bernoulli(flip_p, b, generator, x.device)
+    top, left = _random_offsets(x, padding, mode, generator)
+    flip = _bernoulli(flip_p, x.shape[0], generator, x.device)
     return shift_crop(x, top, left, flip, padding, mode, fill)
 
 
