@@ -29,9 +29,18 @@ from models.callbacks import (
     ConfusionMatrixLogger,
     HparamsWithFinalMetrics,
     NonFiniteLossGuard,
+    applicable_hparams,
+    augmented_batch_figure,
+    confusion_figure,
     denormalize_for_display,
     flatten_hparams,
+    mix_labels,
+    most_confused_markdown,
+    most_confused_pairs,
+    per_class_figure,
+    readable_hparams,
 )
+from models.callbacks.images import grid_columns
 
 CLASS_NAMES = ["cat", "dog", "ship", "frog"]
 MEAN = (0.5, 0.4, 0.3)
@@ -368,3 +377,205 @@ def test_best_val_acc_survives_resume(tmp_path):
     trainer = make_trainer(tmp_path, [resumed], max_epochs=2, enable_checkpointing=False)
     trainer.fit(TinyClassifier(), datamodule=TinyData(), ckpt_path=checkpoint.last_model_path)
     assert resumed.best_val_acc == first.best_val_acc
+
+
+# ----- labelled augmented batch, grid shape ----------------------------------------------------
+
+def test_grid_columns_fill_the_grid_about_twice_as_wide_as_tall():
+    assert [grid_columns(n) for n in (1, 2, 5, 8, 32)] == [1, 2, 3, 4, 8]  # 32 -> 8 x 4, 5 -> 3 x 2
+    for n in range(1, 129):
+        cols = grid_columns(n)
+        rows = math.ceil(n / cols)
+        assert (rows - 1) * cols < n <= rows * cols  # no empty row
+        assert rows <= cols <= 2 * rows + 1
+
+
+def test_mix_labels_name_own_class_and_partner_with_weights():
+    from augment import smooth
+
+    names = ["cat", "dog", "ship", "frog"]
+    y = torch.tensor([0, 2, 1, 3])
+    partner = torch.tensor([2, 2, 3, 1])  # the second sample is "mixed" with its own class
+    lam = torch.tensor([0.62, 0.3, 1.0, 0.55], dtype=torch.float64)
+    eye = torch.eye(4, dtype=torch.float64)
+    mixed = lam[:, None] * eye[y] + (1 - lam[:, None]) * eye[partner]
+    for smoothing in (0.0, 0.1):
+        targets = smooth(mixed, 4, smoothing)
+        assert mix_labels(y, targets, names, smoothing) == [
+            "cat 0.62 / ship 0.38", "ship", "dog", "frog 0.55 / dog 0.45"]
+    assert mix_labels(y, y, names) == ["cat", "ship", "dog", "frog"]  # int targets: no mixing
+    assert mix_labels(y, None, names) == ["cat", "ship", "dog", "frog"]
+
+
+def test_augmented_batch_figure_places_upscaled_pairs_and_labels():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from models.callbacks import images as img
+
+    g = torch.Generator().manual_seed(0)
+    inputs, augmented = torch.rand(5, 3, 8, 8, generator=g), torch.rand(5, 3, 8, 8, generator=g)
+    labels = [f"c{i} 0.50 / c{i + 1} 0.50" for i in range(5)]
+    fig = augmented_batch_figure(inputs, augmented, labels, columns=2, scale=3, title="t")
+    tile, pair = 24, 2 * 24 + img.PAIR_GAP_PX
+    width = 2 * img.MARGIN_PX + 2 * pair + img.CELL_GAP_PX
+    height = img.MARGIN_PX + 3 * (tile + img.LABEL_PX) + 2 * img.CELL_GAP_PX
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    assert canvas.get_width_height() == (width, height + img.TITLE_PX)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == [label.replace(" / ", "\n") for label in labels]  # a line per class
+    assert min(t.get_fontsize() for t in ax.texts) >= 8
+    mosaic = np.asarray(ax.images[0].get_array())
+    for i in range(5):
+        r, c = divmod(i, 2)
+        top = img.MARGIN_PX + r * (tile + img.LABEL_PX + img.CELL_GAP_PX)
+        left = img.MARGIN_PX + c * (pair + img.CELL_GAP_PX)
+        expected_in = np.kron(inputs[i].permute(1, 2, 0).numpy(), np.ones((3, 3, 1)))
+        expected_out = np.kron(augmented[i].permute(1, 2, 0).numpy(), np.ones((3, 3, 1)))
+        np.testing.assert_allclose(mosaic[top:top + tile, left:left + tile], expected_in, atol=1e-6)
+        right = left + tile + img.PAIR_GAP_PX
+        np.testing.assert_allclose(mosaic[top:top + tile, right:right + tile], expected_out, atol=1e-6)
+    assert (mosaic[top + tile + 1:top + tile + img.LABEL_PX, left:left + pair] == 1.0).all()  # white label band
+    with pytest.raises(ValueError, match="must match"):
+        augmented_batch_figure(inputs, augmented[:4], labels)
+
+
+def test_labelled_grid_is_logged_beside_the_pixel_grid(logged_run):
+    images = logged_run.events.Images("train/augmented_batch_labelled")
+    assert [e.step for e in images] == [e.step for e in logged_run.events.Images("train/augmented_batch")]
+    expected = augmented_batch_figure(torch.zeros(5, 3, 8, 8), torch.zeros(5, 3, 8, 8), [""] * 5, title="t")
+    width, height = (expected.get_size_inches() * expected.dpi).round().astype(int)
+    assert (images[0].width, images[0].height) == (width, height)
+    assert images[0].width >= 4 * 2 * 8 * 3  # 4 pairs per row, tiles upscaled 3 times
+
+
+# ----- confusion figures, per-class accuracy, most-confused pairs ------------------------------
+
+def _rows(counts: torch.Tensor) -> torch.Tensor:
+    counts = counts.double()
+    return counts / counts.sum(1, keepdim=True)
+
+
+def test_confusion_figure_for_10_classes_has_names_and_cell_percentages():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import PowerNorm
+
+    names = [f"class{i}" for i in range(10)]
+    counts = torch.diag(torch.full((10,), 80)) + torch.roll(torch.diag(torch.full((10,), 20)), 1, dims=1)
+    counts[3, 5] = 7
+    fig = confusion_figure(_rows(counts), names, "val")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert len(cells) == len(ax.texts) == 21  # one per non-zero cell
+    assert cells[(0, 0)] == "80" and cells[(0, 1)] == "20" and cells[(3, 5)] == "7" and cells[(3, 3)] == "75"
+    assert isinstance(ax.images[0].norm, PowerNorm)  # square-root scale: small off-diagonal cells show
+    canvas = FigureCanvasAgg(fig)
+    width, height = canvas.get_width_height()
+    assert 500 <= width <= 700 and 450 <= height <= 650  # fits TensorBoard's card without shrinking to mush
+
+
+def test_confusion_figure_for_100_classes_has_names_and_a_log_scale_without_cell_text():
+    from matplotlib.colors import LogNorm
+
+    names = [f"n{i}" for i in range(100)]
+    counts = torch.diag(torch.full((100,), 45)) + torch.roll(torch.eye(100, dtype=torch.long) * 5, 1, dims=1)
+    counts[7, 90] = 1
+    fig = confusion_figure(_rows(counts), names, "val")
+    ax = fig.axes[0]
+    assert len(ax.texts) == 0
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert isinstance(ax.images[0].norm, LogNorm) and ax.images[0].norm.vmin == pytest.approx(1e-3)
+    shown = np.ma.filled(ax.images[0].get_array(), np.nan)
+    assert np.isnan(shown[0, 50]) and shown[7, 90] == pytest.approx(1 / 51)  # zero cells blank, one sample visible
+    assert (fig.get_size_inches() * fig.dpi >= 1200).all()
+
+
+def test_per_class_figure_sorts_worst_first_and_skips_absent_classes():
+    accuracy = torch.tensor([0.9, 0.5, math.nan, 0.75], dtype=torch.float64)
+    fig = per_class_figure(accuracy, CLASS_NAMES, "val")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dog", "frog", "cat"]
+    assert [round(p.get_width(), 6) for p in ax.patches] == [0.5, 0.75, 0.9]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # first (worst) bar on top
+    assert [t.get_text() for t in ax.texts] == ["50.0%", "75.0%", "90.0%"]
+
+
+def test_most_confused_pairs_exact_order():
+    counts = torch.tensor([[50, 3, 0, 1], [4, 40, 4, 0], [0, 0, 10, 3], [2, 0, 0, 9]])
+    # counts first; equal counts by share of the true class (3 of 13 beats 3 of 54), then index
+    assert most_confused_pairs(counts, top=5) == [
+        (1, 0, 4, 4 / 48), (1, 2, 4, 4 / 48), (2, 3, 3, 3 / 13), (0, 1, 3, 3 / 54), (3, 0, 2, 2 / 11)]
+    assert most_confused_pairs(torch.eye(3), top=5) == []
+    table = most_confused_markdown(counts, CLASS_NAMES, top=2).splitlines()
+    assert table[2:] == ["| dog | cat | 4 | 8.3% |", "| dog | ship | 4 | 8.3% |"]
+
+
+def test_most_confused_text_is_logged_per_evaluation(logged_run):
+    events = logged_run.events
+    for stage, count in (("val", 3), ("test", 1)):
+        texts = events.Tensors(f"{stage}/most_confused/text_summary")
+        assert len(texts) == count
+        expected = most_confused_markdown(logged_run.confusion.last_confusion[stage], CLASS_NAMES)
+        assert texts[-1].tensor_proto.string_val[0].decode() == expected
+
+
+# ----- HPARAMS: only what the chosen settings read ---------------------------------------------
+
+_CHANGED = {"momentum": 0.5, "betas": (0.8, 0.99), "eps": 1e-6, "alpha": 0.9, "rho": 0.8}
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"])
+def test_optimizer_fields_table_matches_what_the_optimizer_reads(name):
+    from models.callbacks.hparams import OPTIMIZER_FIELDS_FOR
+    from models.optim import OptimizerConfig, build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    base = build_optimizer(params, OptimizerConfig(name=name)).defaults
+    for field, value in _CHANGED.items():
+        changed = build_optimizer(params, OptimizerConfig(name=name, **{field: value})).defaults
+        assert (changed != base) == (name in OPTIMIZER_FIELDS_FOR[field]), (name, field)
+
+
+_SCHEDULE_CHANGES = {"min_lr_ratio": 0.2, "step_size": 3, "milestones": [5], "gamma": 0.5, "pct_start": 0.5,
+                     "start_ratio": 0.1, "anneal": "cosine", "warmup_epochs": 1.0}
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "step", "multistep", "none"])
+def test_scheduler_fields_table_matches_what_the_schedule_reads(name):
+    from models.callbacks.hparams import SCHEDULER_FIELDS_FOR
+    from models.optim import SchedulerConfig, lr_multiplier
+
+    def curve(**changes):
+        cfg = SchedulerConfig(name=name, **{"step_size": 2, "milestones": [3], **changes})
+        return [lr_multiplier(step, cfg, 100, 10.0) for step in range(100)]
+
+    base = curve()
+    for field, value in _SCHEDULE_CHANGES.items():
+        applies = name in SCHEDULER_FIELDS_FOR.get(field, (name,))  # not in the table: read by every schedule
+        assert (curve(**{field: value}) != base) == applies, (name, field)
+
+
+def test_applicable_hparams_drop_settings_the_run_never_reads():
+    from models.optim import OptimizerConfig, SchedulerConfig
+
+    model = {"backbone": "resnet18", "norm": "batch", "norm_groups": 32, "optimizer": OptimizerConfig(name="sgd"),
+             "scheduler": SchedulerConfig(name="cosine"), "mixup": {"alpha": 0.0},
+             "cutmix": {"alpha": 1.0, "correct_lam": True},
+             "mixing": {"prob": 1.0, "switch_prob": 0.5, "per_sample": True, "stop_epoch": None},
+             "cutout": {"n_holes": 0, "size": 16, "fill": 0.0, "p": 1.0},
+             "input_noise": {"std": 0.0, "p": 1.0, "clamp": None}, "ema_decay": 0.0, "ema_warmup": True}
+    data = {"dataset": "cifar10", "root": "/data", "download": False, "val_size": 5000, "num_folds": 0, "fold": 0,
+            "batch_size": 512, "cutout_holes": 0, "cutout_size": 16, "channels_last": True}
+    flat = {**flatten_hparams(model, "model"), **flatten_hparams(data, "data")}
+    kept = applicable_hparams(flat)
+    assert sorted(kept) == sorted([
+        "model.backbone", "model.norm", "model.optimizer.name", "model.optimizer.lr", "model.optimizer.weight_decay",
+        "model.optimizer.exclude_norm_and_bias", "model.optimizer.sam", "model.scheduler.name",
+        "model.scheduler.warmup_epochs", "model.scheduler.min_lr_ratio", "model.mixup.alpha", "model.cutmix.alpha",
+        "model.cutmix.correct_lam", "model.mixing.prob", "model.mixing.per_sample", "model.mixing.stop_epoch",
+        "model.cutout.n_holes", "model.input_noise.std", "model.ema_decay", "data.dataset", "data.val_size",
+        "data.num_folds", "data.batch_size", "data.cutout_holes"])
+    assert all(kept[key] == flat[key] for key in kept)
+    assert readable_hparams({"a": True, "b": False, "c": 1, "d": "x"}) == {"a": "true", "b": "false", "c": 1, "d": "x"}

@@ -1,5 +1,6 @@
-"""The logs a tiny fit writes are served by a real `tensorboard` server (scalars and images over HTTP)."""
+"""The logs a tiny fit writes are served by a real `tensorboard` server (scalars, images, hparams, layout over HTTP)."""
 
+import io
 import json
 import socket
 import subprocess
@@ -12,12 +13,20 @@ import urllib.request
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.callbacks import AugmentedImageGrid
+from models.callbacks import (
+    AugmentedImageGrid,
+    HparamsWithFinalMetrics,
+    LearningRateLogger,
+    StepAxis,
+    TrainingSpeedMonitor,
+    TrainValLayout,
+)
 
 STEPS_PER_EPOCH, EPOCHS = 3, 2
 STARTUP_TIMEOUT_S = 60.0
@@ -61,6 +70,13 @@ def get_json(base: str, path: str, **query) -> object:
         return json.loads(response.read())
 
 
+def post_json(base: str, path: str, body: dict) -> object:
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
 def wait_for_tags(base: str, server: subprocess.Popen, run: str) -> tuple[dict, dict]:
     """Poll until the server answers and has loaded the run's scalar and image tags."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -86,7 +102,9 @@ def tensorboard_logdir(tmp_path):
     loader = DataLoader(TensorDataset(x, y), batch_size=24 // STEPS_PER_EPOCH)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=EPOCHS, logger=logger, log_every_n_steps=1,
-                         callbacks=[AugmentedImageGrid(every_n_epochs=1, max_images=4)],
+                         callbacks=[AugmentedImageGrid(every_n_epochs=1, max_images=4), StepAxis(), TrainValLayout(),
+                                    LearningRateLogger(logging_interval="step"), TrainingSpeedMonitor(),
+                                    HparamsWithFinalMetrics()],
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(TinyClassifier(), loader, loader)
     return tmp_path
@@ -116,6 +134,7 @@ def test_tensorboard_serves_scalars_and_images(tensorboard_logdir):
         with urllib.request.urlopen(f"{base}/data/plugin/images/individualImage?{grids[0]['query']}",
                                     timeout=5) as response:
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+        check_new_tags(base, run)
     finally:
         server.terminate()
         try:
@@ -123,3 +142,31 @@ def test_tensorboard_serves_scalars_and_images(tensorboard_logdir):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def check_new_tags(base: str, run: str) -> None:
+    """Per-step learning rate, speed scalars on the run's one step axis, labelled grid, hparams, layout."""
+    scalars = get_json(base, "/data/plugin/scalars/tags")[run]
+    assert {"lr-SGD", "perf/images_per_s", "perf/epoch_time_s", "hp/val_acc_best", "hp/fit_time_s"} <= set(scalars)
+    lr = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="lr-SGD")
+    assert [step for _, step, _ in lr] == list(range(STEPS_PER_EPOCH * EPOCHS))
+    assert all(abs(value - 0.1) < 1e-7 for _, _, value in lr)
+    epoch_ends = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]  # where the next epoch's grid sits too
+    for tag in ("val/acc", "perf/epoch_time_s"):
+        assert [step for _, step, _ in get_json(base, "/data/plugin/scalars/scalars", run=run, tag=tag)] == epoch_ends
+    speed = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="perf/images_per_s")
+    assert len(speed) == STEPS_PER_EPOCH * EPOCHS and all(value > 0 for _, _, value in speed)
+
+    (labelled,) = get_json(base, "/data/plugin/images/images", run=run, tag="train/augmented_batch_labelled")[:1]
+    url = f"{base}/data/plugin/images/individualImage?{labelled['query']}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        width, height = Image.open(io.BytesIO(response.read())).size
+    assert width >= 4 * 2 * 8 * 3 and height > 8 * 3  # 4 upscaled (input, augmented) pairs per row
+
+    experiment = post_json(base, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    assert {"seed", "trainer.max_epochs", "trainer.precision"} <= {h["name"] for h in experiment["hparamInfos"]}
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == list(HparamsWithFinalMetrics.METRICS)
+
+    layout = get_json(base, "/data/plugin/custom_scalars/layout")
+    charts = {chart["title"]: chart["multiline"]["tag"] for cat in layout["category"] for chart in cat["chart"]}
+    assert charts["loss (epoch means)"] == ["^train/loss$", "^val/loss$"]
