@@ -49,7 +49,7 @@ from models.run_dir import logs_under_root_dir
 from models.run_summary import print_run_summary
 from models.sharpness import Sharpness
 
-__all__ = ["CifarCLI", "LastCheckpoint", "UserError", "run", "main"]
+__all__ = ["CifarCLI", "LastCheckpoint", "RunCheckpoint", "UserError", "run", "main"]
 
 # Lightning raises MisconfigurationException for bad Trainer flags (`max_epochs` -5, `devices` 0, ...);
 # jsonargparse raises argparse.ArgumentError for parse errors (exit_on_error is off, see CifarCLI).
@@ -72,7 +72,22 @@ class UserError(Exception):
     """A bad config value, missing data or a diverged run: reported in one line, without a traceback."""
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `{step}` / `{epoch}` in file names are always the trainer's own counters.
+
+    The step-axis callback logs a `step` metric at epoch ends (Lightning's way to set the x value of
+    epoch-level scalars); Lightning would otherwise read `{step}` from that stale logged value, so
+    mid-epoch step checkpoints would all get the previous epoch end's name and overwrite each other.
+    """
+
+    def _monitor_candidates(self, trainer: Any) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        candidates["step"] = torch.tensor(trainer.global_step)
+        candidates["epoch"] = torch.tensor(trainer.current_epoch)
+        return candidates
+
+
+class LastCheckpoint(RunCheckpoint):
     """Writes `last.ckpt` at the end of every epoch, for resuming.
 
     Lightning >= 2.6 refreshes a monitored ModelCheckpoint's `save_last` file only in epochs that also
@@ -174,7 +189,7 @@ class CifarCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("model.channels_last", "data.channels_last")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",

@@ -47,6 +47,9 @@ def run_summary(trainer: pl.Trainer, metrics: Mapping[str, Any]) -> str:
     if speed is not None and math.isfinite(speed.images_per_s):
         fit += f", {speed.images_per_s:,.0f} train images/s"
     rows.append(("fit", fit))
+    if metrics.get("sharpness/hessian_max_eig") is not None:
+        eig, eps = metrics["sharpness/hessian_max_eig"], metrics.get("sharpness/eps_sharpness")
+        rows.append(("sharpness", f"Hessian max eig {eig:.4g}, eps-sharpness {eps:.4g}%"))
     checkpoint = trainer.checkpoint_callback
     best_path = getattr(checkpoint, "best_model_path", "")
     path = best_path or getattr(checkpoint, "last_model_path", "")

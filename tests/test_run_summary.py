@@ -75,3 +75,9 @@ def test_summary_without_validation_test_or_logger():
         "  checkpoint    none saved",
         "  TensorBoard   no TensorBoard logger",
     ]
+
+
+def test_summary_names_both_sharpness_measures_when_measured():
+    trainer = SimpleNamespace(callbacks=[], checkpoint_callback=None, loggers=[])
+    metrics = {"fit_time_s": 5.0, "epochs": 1, "sharpness/hessian_max_eig": 196.94, "sharpness/eps_sharpness": 2.5}
+    assert "  sharpness     Hessian max eig 196.9, eps-sharpness 2.5%" in run_summary(trainer, metrics).splitlines()
