@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from augment.data.datasets import CIFAR10_MEAN, CIFAR10_STD
-from augment.pipeline import build_batch_augment
 from augment.data.splits import stratified_subset
+from augment.pipeline import build_batch_augment
 from bench.host_sync import HostSyncAudit, epoch_window, profile_tables
 from models.backbones import create_model
 

@@ -40,8 +40,8 @@ import pytorch_lightning as pl
 import timm
 import torch
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix

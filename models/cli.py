@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,8 +42,8 @@ from models.callbacks import (
 from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
 from models.preflight import RunFolder, check_forward, check_meaningful, check_settings
-from models.resume import check_resumable, continue_checkpoint_dir, read_checkpoint
 from models.regularizers import WeightNoise
+from models.resume import check_resumable, continue_checkpoint_dir, read_checkpoint
 from models.run_dir import logs_under_root_dir
 from models.run_summary import print_run_summary
 from models.sharpness import Sharpness
@@ -224,7 +223,8 @@ def _check_accelerator(accelerator: Any) -> None:
         return
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if (accelerator == "cuda" and not cuda) or (accelerator == "mps" and not mps) or not (cuda or mps):
-        raise ValueError(f"trainer.accelerator must be cpu or auto on a machine without a {accelerator} device, got {accelerator!r}")
+        rule = f"cpu or auto on a machine without a {accelerator} device"
+        raise CheckError("trainer.accelerator", rule, accelerator)
 
 
 def _without_validation(trainer: Any) -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from bench.host_sync import HostSyncAudit
 from bench.train_speed import (
     RunResult,
+    _one_cycle,
     crop_flip_normalize,
     device_dataset_bytes,
     main,
@@ -21,7 +22,6 @@ from bench.train_speed import (
     train_subset,
     write_imagefolder,
 )
-from bench.train_speed import _one_cycle
 
 
 def _reference_crop_flip(images: torch.Tensor, index: torch.Tensor, seed: int, pad: int) -> torch.Tensor:
