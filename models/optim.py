@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from augment.checks import check_bool, check_real, field_prefix, require
+from augment.checks import CheckError, check_bool, check_real, field_prefix, is_real, require
 from models.sam import SAM
 
 __all__ = [
@@ -38,19 +38,6 @@ __all__ = [
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "step", "multistep", "none")
 ANNEALS = ("linear", "cosine")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_range(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> None:
-    """Raise ValueError naming `name` unless `value` is a number inside the interval."""
-    ok = _is_number(value) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}")
 
 
 @dataclass
@@ -108,22 +95,22 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         self.sam = _sam_config(self.sam)
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
-        _check_range("optimizer.lr", self.lr, 0.0, math.inf, True, True)
-        _check_range("optimizer.weight_decay", self.weight_decay, 0.0, math.inf, False, True)
-        _check_range("optimizer.momentum", self.momentum, 0.0, 1.0, False, True)
+            raise CheckError("optimizer.name", "one of " + ", ".join(OPTIMIZERS), self.name)
+        check_real("optimizer.lr", self.lr, low=0.0, low_open=True)
+        check_real("optimizer.weight_decay", self.weight_decay, low=0.0)
+        check_real("optimizer.momentum", self.momentum, 0.0, 1.0, high_open=True)
         if self.name == "nesterov" and self.momentum == 0:
-            raise ValueError(f"optimizer.momentum must be > 0 for nesterov, got {self.momentum!r}")
+            raise CheckError("optimizer.momentum", "> 0 for nesterov", self.momentum)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
-            raise ValueError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise CheckError("optimizer.betas", "two numbers in [0, 1)", self.betas)
         for i, beta in enumerate(self.betas):
-            _check_range(f"optimizer.betas[{i}]", beta, 0.0, 1.0, False, True)
+            check_real(f"optimizer.betas[{i}]", beta, 0.0, 1.0, high_open=True)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        _check_range("optimizer.eps", self.eps, 0.0, math.inf, True, True)
-        _check_range("optimizer.alpha", self.alpha, 0.0, 1.0, False, True)
-        _check_range("optimizer.rho", self.rho, 0.0, 1.0, False, False)
+        check_real("optimizer.eps", self.eps, low=0.0, low_open=True)
+        check_real("optimizer.alpha", self.alpha, 0.0, 1.0, high_open=True)
+        check_real("optimizer.rho", self.rho, 0.0, 1.0)
         if not isinstance(self.exclude_norm_and_bias, bool):
-            raise ValueError(f"optimizer.exclude_norm_and_bias must be a bool, got {self.exclude_norm_and_bias!r}")
+            raise CheckError("optimizer.exclude_norm_and_bias", "true or false", self.exclude_norm_and_bias)
 
 
 @dataclass
@@ -150,22 +137,22 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULERS:
-            raise ValueError(f"scheduler.name must be one of {', '.join(SCHEDULERS)}, got {self.name!r}")
-        _check_range("scheduler.warmup_epochs", self.warmup_epochs, 0.0, math.inf, False, True)
-        _check_range("scheduler.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, False, False)
+            raise CheckError("scheduler.name", "one of " + ", ".join(SCHEDULERS), self.name)
+        check_real("scheduler.warmup_epochs", self.warmup_epochs, low=0.0)
+        check_real("scheduler.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         if isinstance(self.step_size, bool) or not isinstance(self.step_size, int) or self.step_size < 1:
-            raise ValueError(f"scheduler.step_size must be an int >= 1, got {self.step_size!r}")
+            raise CheckError("scheduler.step_size", "an int >= 1", self.step_size)
         milestones = list(self.milestones)
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in milestones) or milestones != sorted(
             set(milestones)
         ):
-            raise ValueError(f"scheduler.milestones must be increasing ints >= 0, got {self.milestones!r}")
+            raise CheckError("scheduler.milestones", "increasing ints >= 0", self.milestones)
         self.milestones = milestones
-        _check_range("scheduler.gamma", self.gamma, 0.0, 1.0, True, False)
-        _check_range("scheduler.pct_start", self.pct_start, 0.0, 1.0, True, True)
-        _check_range("scheduler.start_ratio", self.start_ratio, 0.0, 1.0, False, False)
+        check_real("scheduler.gamma", self.gamma, 0.0, 1.0, low_open=True)
+        check_real("scheduler.pct_start", self.pct_start, 0.0, 1.0, low_open=True, high_open=True)
+        check_real("scheduler.start_ratio", self.start_ratio, 0.0, 1.0)
         if self.anneal not in ANNEALS:
-            raise ValueError(f"scheduler.anneal must be one of {', '.join(ANNEALS)}, got {self.anneal!r}")
+            raise CheckError("scheduler.anneal", "one of " + ", ".join(ANNEALS), self.anneal)
 
 
 def norm_module_types() -> tuple[type, ...]:
@@ -201,7 +188,7 @@ def param_groups(
     `model.no_weight_decay()`; decay: the rest (conv / linear weights). With `exclude_norm_and_bias`
     False one "decay" group holds everything. Frozen parameters are left out; empty groups dropped.
     """
-    _check_range("optimizer.weight_decay", weight_decay, 0.0, math.inf, False, True)
+    check_real("optimizer.weight_decay", weight_decay, low=0.0)
     norm_types = norm_module_types()
     skip_names = _no_weight_decay_names(model)
     decay: list[nn.Parameter] = []
@@ -311,10 +298,10 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int | float, steps_per_epoch: float
 ) -> LambdaLR:
     """One per-iteration LambdaLR over `lr_multiplier`; cosine / onecycle need a finite `total_steps`."""
-    if not (_is_number(steps_per_epoch) and math.isfinite(steps_per_epoch) and steps_per_epoch > 0):
+    if not (is_real(steps_per_epoch) and math.isfinite(steps_per_epoch) and steps_per_epoch > 0):
         raise ValueError(f"steps_per_epoch must be a finite number > 0, got {steps_per_epoch!r}")
     if cfg.name in ("cosine", "onecycle"):
-        if not (_is_number(total_steps) and math.isfinite(total_steps) and total_steps >= 1):
+        if not (is_real(total_steps) and math.isfinite(total_steps) and total_steps >= 1):
             raise ValueError(
                 f"scheduler.name={cfg.name} needs a finite number of steps (set trainer.max_epochs or "
                 f"trainer.max_steps), got total_steps={total_steps!r}"

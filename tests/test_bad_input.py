@@ -109,7 +109,7 @@ CASES = [
     ("precision_unknown", "good", ["--trainer.precision", "17"], "trainer.precision", "Does not validate"),
     ("linked_num_classes", "good", ["--model.num_classes", "3"], "model.num_classes", "data.num_classes"),
     # out-of-range values
-    ("negative_lr", "good", ["--model.optimizer.lr", "-0.1"], "optimizer.lr", "(0, inf)"),
+    ("negative_lr", "good", ["--model.optimizer.lr", "-0.1"], "model.optimizer.lr", "> 0"),
     ("batch_size_zero", "good", ["--data.batch_size", "0"], "data.batch_size", ">= 1"),
     ("eval_batch_size_zero", "good", ["--data.eval_batch_size", "0"], "data.eval_batch_size", ">= 1"),
     ("drop_rate_one", "good", ["--model.drop_rate", "1.0"], "model.drop_rate", "[0, 1)"),

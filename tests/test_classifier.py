@@ -435,7 +435,7 @@ def test_lightning_cli_parser_exposes_nested_fields():
             r"^model\.mixup keys must be among \['alpha'\], got unknown key model\.mixup\.beta$",
         ),
         ({"mixup": {"alpha": -1.0}}, r"^model\.mixup\.alpha must be >= 0"),
-        ({"optimizer": {"name": "lion"}}, r"^optimizer\.name must be one of"),
+        ({"optimizer": {"name": "lion"}}, r"^model\.optimizer\.name must be one of"),
         ({"tta_flip": "yes"}, r"^model\.tta_flip must be true or false"),
         ({"norm": "weird"}, r"^model\.norm must be one of"),
     ],

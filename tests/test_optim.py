@@ -184,7 +184,7 @@ def test_scheduler_state_dict_is_plain_data():
     ("kwargs", "message"),
     [
         ({"name": "lion"}, "optimizer.name must be one of"),
-        ({"lr": 0.0}, "optimizer.lr must be in (0, inf), got 0.0"),
+        ({"lr": 0.0}, "optimizer.lr must be > 0, got 0.0"),
         ({"weight_decay": -1e-4}, "optimizer.weight_decay"),
         ({"momentum": 1.0}, "optimizer.momentum must be in [0, 1), got 1.0"),
         ({"name": "nesterov", "momentum": 0.0}, "optimizer.momentum must be > 0 for nesterov"),
