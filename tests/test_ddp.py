@@ -101,7 +101,7 @@ def test_two_process_cpu_ddp_matches_single_process(
     assert len(logged) == EPOCHS
     assert all(ddp == pytest.approx(one, abs=5e-5) for ddp, one in logged.values()), logged
     assert any(0 < one < 1 for _, one in logged.values()), logged  # not only trivial 100% epochs
-    (state,) = [s for k, s in end["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    (state,) = [s for k, s in end["callbacks"].items() if k.startswith("RunCheckpoint")]
     ddp_acc = float(state["best_model_score"])
 
     # Same data, same effective batch: accuracies agree within 3 binomial standard errors of their difference.

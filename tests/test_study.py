@@ -88,7 +88,8 @@ def test_every_study_config_loads_with_ci_and_gpu_scales() -> None:
 
 def test_study_specific_content() -> None:
     reg = load_study(REPO_ROOT / "configs/studies/regularizers.yaml")
-    assert len(reg.variants) == 10 and reg.variants[0].name == "baseline"
+    assert len(reg.variants) == 11 and reg.variants[0].name == "baseline"
+    assert "trivialaugment" in [v.name for v in reg.variants]
     kfold = load_study(REPO_ROOT / "configs/studies/kfold.yaml")
     folds = [v for v in kfold.variants if v.group == "kfold5"]
     assert [v.overrides["data.fold"] for v in folds] == [0, 1, 2, 3, 4]
