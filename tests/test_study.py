@@ -404,7 +404,7 @@ def test_every_study_variant_instantiates_at_ci_scale(tiny_data: Path) -> None:
         problems = check_study(load_study(path), "ci", {"data.root": str(tiny_data)})
         assert problems and all(p == "" for p in problems.values()), (path.name, problems)
     bad = check_study(load_study(STUDIES[0]), "ci", {"data.root": str(tiny_data), "model.optimizer.name": "sgdd"})
-    assert all(p.startswith("ValueError: optimizer.name must be one of") for p in bad.values())
+    assert all(p.startswith("ValueError: model.optimizer.name must be one of") for p in bad.values())
 
 
 def test_regularizers_ci_runs_reports_and_resumes(tiny_data: Path, tmp_path: Path, counted_runs: list) -> None:
