@@ -13,11 +13,13 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from jsonargparse import Namespace
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -269,18 +271,54 @@ class RunInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+class CtrlCAtBatchEnd(pl.Callback):
+    """The first Ctrl-C during fit takes effect at the end of the current batch, a second one at once.
+
+    A KeyboardInterrupt raised straight from the signal can land inside a weakref callback or a
+    ``__del__`` (frequent with many tensors alive), where Python prints "Exception ignored" and drops it;
+    raised from a batch-end hook it always reaches Lightning's interrupt handling.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def _stop_if_requested(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._stop_if_requested()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._stop_if_requested()
+
+
 def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any) -> None:
     """``trainer.fit``; Ctrl-C (Lightning turns it into SystemExit and ignores SIGINT afterwards) becomes
-    :class:`RunInterrupted`, with the default SIGINT handler back."""
+    :class:`RunInterrupted`, with the SIGINT handler from before fit back."""
+    ctrl_c = CtrlCAtBatchEnd()
+    trainer.callbacks.append(ctrl_c)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    if main_thread:
+        signal.signal(signal.SIGINT, ctrl_c.request)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit:
         if not trainer.interrupted:
             raise
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         saved = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
         last = next((path for path in saved if path and os.path.isfile(path)), None)
         raise RunInterrupted(last) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        trainer.callbacks.remove(ctrl_c)
 
 
 def _claim_run_folder(trainer: Any, config: Any) -> None:
