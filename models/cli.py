@@ -41,6 +41,7 @@ from models.callbacks import (
     TrainingSpeedMonitor,
     TrainValLayout,
 )
+from models.callbacks.sharpness import Sharpness
 from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
 from models.preflight import RunFolder, check_forward, check_meaningful, check_settings
@@ -48,7 +49,6 @@ from models.regularizers import WeightNoise
 from models.resume import check_resumable, continue_checkpoint_dir, read_checkpoint
 from models.run_dir import logs_under_root_dir
 from models.run_summary import print_run_summary
-from models.sharpness import Sharpness
 
 __all__ = ["CifarCLI", "LastCheckpoint", "RunCheckpoint", "UserError", "run", "main"]
 
