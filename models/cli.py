@@ -331,7 +331,7 @@ def _claim_run_folder(trainer: Any, config: Any) -> None:
     else:
         checkpoint_dir, key = os.path.join(trainer.default_root_dir, "checkpoints"), "trainer.default_root_dir"
     value = config.get(key) if key != "trainer.logger.init_args.version" else getattr(trainer.logger, "version", None)
-    folder = RunFolder(trainer.log_dir if trainer.loggers else None, checkpoint_dir, bool(trainer.loggers))
+    folder = RunFolder(trainer.log_dir if trainer.loggers else None, checkpoint_dir)
     folder.claim(config.get("ckpt_path"), bool(config.get("overwrite")), key, value)
 
 

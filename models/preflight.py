@@ -14,6 +14,7 @@ from typing import Any
 
 from augment.checks import CheckError, check_bool, check_choice, check_int, check_real, is_int, is_real, require
 from augment.erasing import hole_side
+from models.resume import is_local_checkpoint
 
 __all__ = ["LOGGED_METRICS", "check_settings", "check_meaningful", "check_forward", "RunFolder"]
 
@@ -82,8 +83,8 @@ def check_settings(config: Mapping[str, Any] | Any) -> None:
 
 
 def _section(hparams: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = hparams.get(key) or {}
-    return value if isinstance(value, Mapping) else vars(value)
+    """A config section of the classifier's hyperparameters (plain dicts there); {} when absent."""
+    return hparams.get(key) or {}
 
 
 def check_meaningful(config: Any, hparams: Mapping[str, Any], image_size: tuple[int, int], num_classes: int) -> None:
@@ -155,8 +156,8 @@ class RunFolder:
     that run) or ``overwrite`` is set (then the earlier run's files are removed first).
     """
 
-    def __init__(self, log_dir: str | None, checkpoint_dir: str | None, has_logger: bool) -> None:
-        self.log_dir = Path(log_dir) if log_dir and has_logger else None
+    def __init__(self, log_dir: str | None, checkpoint_dir: str | None) -> None:
+        self.log_dir = Path(log_dir) if log_dir else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
 
     def _holds_run(self) -> list[Path]:
@@ -167,16 +168,20 @@ class RunFolder:
             held.append(self.checkpoint_dir)
         return held
 
-    def _continues(self, ckpt_path: Any) -> bool:
-        if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
-            return ckpt_path is not None
+    @staticmethod
+    def _continues(ckpt_path: Any, held: list[Path]) -> bool:
+        """Resuming the run in ``held``: a local checkpoint inside it, or Lightning's own alias / URL."""
+        if ckpt_path is None:
+            return False
+        if not is_local_checkpoint(ckpt_path):
+            return True
         path = Path(ckpt_path).resolve()
-        return any(folder.resolve() in path.parents for folder in self._holds_run())
+        return any(folder.resolve() in path.parents for folder in held)
 
     def claim(self, ckpt_path: Any, overwrite: bool, key: str, value: Any) -> None:
         """Refuse (CheckError naming ``key``) or clear an occupied folder; a resume of the run inside passes."""
         held = self._holds_run()
-        if not held or self._continues(ckpt_path):
+        if not held or self._continues(ckpt_path, held):
             return
         if not overwrite:
             folder = held[0]

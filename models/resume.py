@@ -20,20 +20,21 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from augment.checks import CheckError
 from models.optim import OptimizerConfig, optimizer_class, param_groups
 
-__all__ = ["CKPT_ALIASES", "read_checkpoint", "check_resumable", "continue_checkpoint_dir"]
+__all__ = ["CKPT_ALIASES", "is_local_checkpoint", "read_checkpoint", "check_resumable", "continue_checkpoint_dir"]
 
 CKPT_ALIASES = ("last", "best", "hpc", "registry")
 # Model settings whose change makes the saved weights or optimizer state meaningless for this run.
 FIXED_MODEL_KEYS = ("backbone", "num_classes", "cifar_stem_resolved", "norm", "norm_groups")
 
 
-def _is_local_file(ckpt_path: Any) -> bool:
+def is_local_checkpoint(ckpt_path: Any) -> bool:
+    """A path to a local file, not None, a Lightning alias (last, best, ...) or a URL."""
     return ckpt_path is not None and ckpt_path not in CKPT_ALIASES and "://" not in str(ckpt_path)
 
 
 def read_checkpoint(ckpt_path: Any) -> dict[str, Any] | None:
     """The checkpoint at a local ``ckpt_path`` (memory-mapped), or None for no path, an alias or a URL."""
-    if not _is_local_file(ckpt_path):
+    if not is_local_checkpoint(ckpt_path):
         return None
     path = Path(ckpt_path)
     if not path.is_file():
@@ -70,12 +71,6 @@ def _differs(ckpt_path: Any, key: str, saved: Any, now: Any, why: str) -> ValueE
     )
 
 
-def _as_mapping(value: Any) -> Mapping[str, Any]:
-    if isinstance(value, Mapping):
-        return value
-    return vars(value) if hasattr(value, "__dict__") else {}
-
-
 def _check_settings(ckpt_path: Any, checkpoint: Mapping[str, Any], model: Any) -> None:
     saved = checkpoint.get("hyper_parameters") or {}
     now = model.hparams
@@ -84,7 +79,7 @@ def _check_settings(ckpt_path: Any, checkpoint: Mapping[str, Any], model: Any) -
             raise _differs(
                 ckpt_path, f"model.{key}", saved[key], now[key], "the saved weights belong to another network"
             )
-    saved_opt = OptimizerConfig(**_as_mapping(saved["optimizer"])) if "optimizer" in saved else None
+    saved_opt = OptimizerConfig(**saved["optimizer"]) if "optimizer" in saved else None
     if saved_opt is None:
         return
     now_opt = model.optimizer_config

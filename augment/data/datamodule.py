@@ -172,9 +172,7 @@ class CIFARDataModule(pl.LightningDataModule):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """(height, width) of the training images (CIFAR: known; ImageFolder: read from the data)."""
-        if self.dataset in ("cifar10", "cifar100"):
-            return (32, 32)
+        """(height, width) of the training images (reads the training split once, like ``setup``)."""
         images, _ = self._load("train")
         return (int(images.shape[1]), int(images.shape[2]))
 
