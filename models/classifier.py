@@ -59,7 +59,6 @@ from augment.pipeline import (
     build_batch_augment,
 )
 from models.backbones import create_model
-from models.cifar_adapt import resolve_cifar_stem
 from models.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, param_groups
 from models.sam import SAM, preserve_bn_stats
 
@@ -150,7 +149,6 @@ class CifarClassifier(pl.LightningModule):
         check_int("model.num_classes", num_classes, low=2)
         check_real("model.label_smoothing", label_smoothing, 0, 1, high_open=True)
         check_real("model.ema_decay", ema_decay, 0, 1, high_open=True)
-        resolve_cifar_stem(cifar_stem)  # auto | none | explicit (models.cifar_adapt); true / false = auto / none
         flags = dict(norm_strict=norm_strict, pretrained=pretrained)
         flags.update(ema_warmup=ema_warmup, tta_flip=tta_flip)
         for name, value in dict(flags, channels_last=channels_last, compile=compile).items():
