@@ -301,11 +301,14 @@ _PARAMETERS = {
 def build_policy(
     spec: str | Mapping[str, Any] | None, field: str = "policy", generator: torch.Generator | None = None
 ) -> _Policy | None:
-    """A policy from a config value: None / ``"none"`` (off), a name, or ``{"name": ..., <parameters>}``.
+    """A policy from a config value: None / ``"none"`` (off), a name, or ``{"name": ..., <parameters>}``;
+    a policy object is returned as it is.
 
     Errors name ``field`` (``policy.magnitude must be in [0, 30], got 31``); a config layer adds its prefix
     with :func:`augment.checks.field_prefix`.
     """
+    if isinstance(spec, _Policy):
+        return spec
     if spec is None or isinstance(spec, str):
         name, params = check_choice(field, "none" if spec is None else spec, POLICY_NAMES), {}
     else:

@@ -368,3 +368,8 @@ def test_build_policy_from_names_and_mappings():
     gen = torch.Generator().manual_seed(0)
     auto = build_policy({"name": "autoaugment", "interpolation": "bilinear"}, generator=gen)
     assert isinstance(auto, AutoAugment) and auto.interpolation == "bilinear" and auto.generator is gen
+
+
+def test_build_policy_returns_a_built_policy_as_it_is():
+    policy = build_policy({"name": "randaugment", "num_ops": 3})
+    assert build_policy(policy) is policy and policy.num_ops == 3

@@ -119,7 +119,7 @@ class CIFARDataModule(pl.LightningDataModule):
             check_int("cutout_size", cutout_size, low=1)
             check_int("seed", seed, low=0)
             check_bool("channels_last", channels_last)
-            build_policy(policy)  # checked here, so a bad value fails before any data is read
+            self._policy = build_policy(policy)  # built (and checked) once, before any data is read
         self.save_hyperparameters()
 
         self.dataset = dataset
@@ -287,7 +287,7 @@ class CIFARDataModule(pl.LightningDataModule):
                 indices=None if indices is None else torch.from_numpy(indices),
                 layout="nchw",
                 resume_offset=self._batches_trained_this_epoch if train else None,
-                policy=build_policy(self.policy) if train else None,
+                policy=self._policy if train else None,
             )
 
     def _workers_loader(self, split: str, indices: np.ndarray | None, train: bool) -> torch.utils.data.DataLoader:
@@ -298,7 +298,7 @@ class CIFARDataModule(pl.LightningDataModule):
             with field_prefix("data"):  # e.g. data.policy.magnitude_std (torchvision's RandAugment has none)
                 transform = train_transform(
                     self.mean, self.std, self.padding, self.flip, self.cutout_holes, self.cutout_size,
-                    image_size=tuple(images.shape[1:3]), seed=seed, policy=self.policy,
+                    image_size=tuple(images.shape[1:3]), seed=seed, policy=self._policy,
                 )
         else:
             transform = eval_transform(self.mean, self.std)

@@ -103,8 +103,9 @@ def train_transform(
     return A.Compose(ops, seed=seed)
 
 
-def torchvision_policy(spec: str | Mapping[str, Any] | None, field: str = "policy") -> Any | None:
-    """torchvision's own per-image class (``transforms.v2``) for a ``data.policy`` value; None for none.
+def torchvision_policy(spec: str | Mapping[str, Any] | Any | None, field: str = "policy") -> Any | None:
+    """torchvision's own per-image class (``transforms.v2``) for a ``data.policy`` value or a device policy
+    object; None for none.
 
     Same parameters as the device policy; a fill of 0 is torchvision's default (no fill). torchvision's
     RandAugment has no magnitude std, so ``magnitude_std`` must be 0 here. The draws come from torch's
