@@ -302,12 +302,12 @@ def training_subset(datamodule: Any, num_images: int, seed: int = 0) -> tuple[to
     distinct training images). Validation images are never included (bootstrap repeats count once).
     """
     from augment.crop import to_normalized_float
-    from augment.data import load_dataset, stratified_subset
+    from augment.data import stratified_subset
 
     check_int("num_images", num_images, low=1)
     if getattr(datamodule, "train_indices", None) is None:
         datamodule.setup("fit")
-    images, labels, _ = load_dataset(datamodule.dataset, datamodule.root, "train", download=False)
+    images, labels = datamodule.arrays("train")  # the arrays the fit trained on, not a second read
     pool = np.unique(np.asarray(datamodule.train_indices))
     pick = pool[stratified_subset(labels[pool], min(num_images, len(pool)), seed, field="sharpness.num_images")]
     x = to_normalized_float(torch.from_numpy(images[pick]), datamodule.mean, datamodule.std, layout="nhwc")

@@ -173,7 +173,7 @@ class CIFARDataModule(pl.LightningDataModule):
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the training images (reads the training split once, like ``setup``)."""
-        images, _ = self._load("train")
+        images, _ = self.arrays("train")
         return (int(images.shape[1]), int(images.shape[2]))
 
     @property
@@ -198,7 +198,8 @@ class CIFARDataModule(pl.LightningDataModule):
             for split in ("train", "test"):
                 load_dataset(self.dataset, self.root, split, download=True)
 
-    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The split's uint8 images (N, H, W, C) and int64 labels (N,), read once and kept."""
         if split not in self._arrays:
             images, labels, names = load_dataset(self.dataset, self.root, split, download=self.download)
             if split == "train":
@@ -208,10 +209,10 @@ class CIFARDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_indices is None:
-            _, labels = self._load("train")
+            _, labels = self.arrays("train")
             self.train_indices, self.val_indices = self._split(labels)
         if stage in (None, "test", "predict"):
-            self._load("test")
+            self.arrays("test")
 
     def _split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(train indices, val indices) into the official train split; repeats in train when bootstrapping."""

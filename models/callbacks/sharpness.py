@@ -73,7 +73,7 @@ class Sharpness(pl.Callback):
         if not self.enable:
             return
         datamodule = getattr(trainer, "datamodule", None)
-        if not all(hasattr(datamodule, a) for a in ("train_indices", "dataset", "root", "mean", "std")):
+        if not all(hasattr(datamodule, a) for a in ("train_indices", "arrays", "mean", "std")):
             rank_zero_warn("sharpness needs a CIFARDataModule (its un-augmented training images); not measured")
             return
         images, labels = training_subset(datamodule, self.num_images, self.seed)
