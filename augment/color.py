@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_int, check_real, require
-from .crop import _check_batch, _memory_format
+from .checks import check_int, require
+from .crop import _check_batch, _memory_format, per_sample_values
 
 __all__ = [
     "adjust_brightness",
@@ -59,19 +59,8 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _per_sample(value: Param, x: torch.Tensor, name: str, low: float | None = None) -> torch.Tensor:
-    """``value`` (a number or a ``(B,)`` tensor) as float64 ``(B, 1, 1, 1)`` on ``x``'s device.
-
-    Numbers and host tensors are checked against ``low``; device tensors are not (that would sync).
-    """
-    b = x.shape[0]
-    if not isinstance(value, torch.Tensor):
-        value = check_real(name, value, low=low)
-        return torch.full((b, 1, 1, 1), value, dtype=torch.float64, device=x.device)
-    require(value.numel() in (1, b), name, f"a number or a tensor of {b} values (one per sample)", tuple(value.shape))
-    if low is not None and value.device.type == "cpu" and value.numel():
-        smallest = float(value.min())
-        require(smallest >= low, name, f">= {low} for every sample", smallest)
-    return value.to(device=x.device, dtype=torch.float64).reshape(-1, 1, 1, 1).expand(b, 1, 1, 1)
+    """``value`` per sample as float64 ``(B, 1, 1, 1)`` on ``x``'s device (see ``per_sample_values``)."""
+    return per_sample_values(value, x.shape[0], x.device, name, low).view(-1, 1, 1, 1)
 
 
 def _finish(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import CheckError, check_choice, check_int, check_probability, require
+from .checks import CheckError, check_choice, check_int, check_probability, check_real, require
 
 __all__ = [
     "CROP_MODES",
@@ -54,6 +54,23 @@ def check_crop_args(padding: int, mode: str, height: int, width: int) -> None:
         require(
             padding < min(height, width), "padding", f"< the image size {min(height, width)} for reflect mode", padding
         )
+
+
+def per_sample_values(
+    value: torch.Tensor | float, batch: int, device: torch.device, name: str, low: float | None = None
+) -> torch.Tensor:
+    """``value`` (a number, or a tensor of 1 or ``batch`` values) as float64 ``(batch,)`` on ``device``.
+
+    Numbers and host tensors are checked against ``low``; device tensors are not (that would sync).
+    """
+    if not isinstance(value, torch.Tensor):
+        return torch.full((batch,), check_real(name, value, low=low), dtype=torch.float64, device=device)
+    rule = f"a number or a tensor of {batch} values (one per sample)"
+    require(value.numel() in (1, batch), name, rule, tuple(value.shape))
+    if low is not None and value.device.type == "cpu" and value.numel():
+        smallest = float(value.min())
+        require(smallest >= low, name, f">= {low} for every sample", smallest)
+    return value.to(device=device, dtype=torch.float64).reshape(-1).expand(batch)
 
 
 def _randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_choice, check_probability, check_real, is_real, require
-from .crop import _bernoulli, _check_batch, _memory_format
+from .crop import _bernoulli, _check_batch, _memory_format, per_sample_values
 from .mixing import to_device
 
 __all__ = [
@@ -50,19 +50,6 @@ def check_fill(field: str, fill: float | Sequence[float]) -> float | tuple[float
         require(ok, field, "a number or a list of numbers (one per channel)", fill)
         return tuple(float(v) for v in fill)
     return check_real(field, fill)
-
-
-def _column(value: Param, batch: int, device: torch.device, name: str) -> torch.Tensor:
-    """A number or a ``(B,)`` tensor as float64 ``(B,)`` on ``device``."""
-    if not isinstance(value, torch.Tensor):
-        return torch.full((batch,), check_real(name, value), dtype=torch.float64, device=device)
-    require(
-        value.numel() in (1, batch),
-        name,
-        f"a number or a tensor of {batch} values (one per sample)",
-        tuple(value.shape),
-    )
-    return value.to(device=device, dtype=torch.float64).reshape(-1).expand(batch)
 
 
 def inverse_affine(
@@ -159,7 +146,7 @@ def _warp(x: torch.Tensor, interpolation: str, fill: float | Sequence[float], **
     b, _, h, w = x.shape
     zeros = torch.zeros(b, dtype=torch.float64, device=x.device)
     cols = {k: zeros for k in ("angle", "translate_x", "translate_y", "shear_x", "shear_y", "center_x", "center_y")}
-    cols.update({k: _column(v, b, x.device, k) for k, v in params.items()})
+    cols.update({k: per_sample_values(v, b, x.device, k) for k, v in params.items()})
     return warp_affine(x, inverse_affine(**cols), interpolation, fill)
 
 
@@ -192,7 +179,7 @@ def rotate(
     """Rotate sample i counter-clockwise by ``angle[i]`` degrees about the image center (size kept)."""
     _check_batch(x)
     # torchvision first reduces the angle to [0, 360) and builds the matrix of its negative.
-    turn = torch.remainder(_column(angle, x.shape[0], x.device, "angle"), 360.0)
+    turn = torch.remainder(per_sample_values(angle, x.shape[0], x.device, "angle"), 360.0)
     return quarter_turns(x, _warp(x, interpolation, fill, angle=-turn), turn, interpolation, fill)
 
 
@@ -201,7 +188,7 @@ def shear_x(
 ) -> torch.Tensor:
     """Shear sample i horizontally: output (u, v) reads input (u + factor[i] * v, v), (0, 0) the top-left corner."""
     _check_batch(x)
-    shear = torch.rad2deg(torch.atan(_column(factor, x.shape[0], x.device, "factor")))
+    shear = torch.rad2deg(torch.atan(per_sample_values(factor, x.shape[0], x.device, "factor")))
     return _warp(x, interpolation, fill, shear_x=shear, center_x=-0.5 * x.shape[3], center_y=-0.5 * x.shape[2])
 
 
@@ -210,7 +197,7 @@ def shear_y(
 ) -> torch.Tensor:
     """Shear sample i vertically: output (u, v) reads input (u, v + factor[i] * u), (0, 0) the top-left corner."""
     _check_batch(x)
-    shear = torch.rad2deg(torch.atan(_column(factor, x.shape[0], x.device, "factor")))
+    shear = torch.rad2deg(torch.atan(per_sample_values(factor, x.shape[0], x.device, "factor")))
     return _warp(x, interpolation, fill, shear_y=shear, center_x=-0.5 * x.shape[3], center_y=-0.5 * x.shape[2])
 
 
