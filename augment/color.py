@@ -4,7 +4,10 @@ autocontrast, equalize, invert.
 Every op takes ``x: (B, C, H, W)``, uint8 (0..255) or floating point (0..1), with C = 1 or 3, plus one
 parameter per sample (a ``(B,)`` tensor, or a number shared by all), and returns a tensor of ``x``'s shape,
 dtype and memory format. Results equal ``torchvision.transforms.v2.functional`` applied image by image
-with the same parameter (bit for bit on uint8 and float32, against torchvision's vectorized CPU kernels):
+with the same parameter: bit for bit for brightness, posterize, solarize, autocontrast, equalize and invert
+on every CPU; for the blends, bit for bit against torchvision's vectorized CPU kernels (AVX2, AVX512),
+within 1 uint8 level / a few float32 ulps where torch's kernels do not fuse the multiply-add
+(``ATEN_CPU_CAPABILITY=default``):
 
 - blends (saturation, contrast, sharpness) compute ``a * r + b * (1 - r)`` as torchvision's kernel does, one
   float32 product then a fused multiply-add; the fused step is done in float64 and rounded once to

@@ -5,7 +5,9 @@ rotation and random vertical flip.
 resampled by a single ``grid_sample`` call with a ``(B, H, W, 2)`` grid. Coordinates follow
 ``torchvision.transforms.v2.functional.affine`` (pixel units, origin at the image center, the inverse map
 from output to input pixels), as do interpolation (nearest or bilinear), the fill outside the image and
-rounding back to uint8, so each sample equals torchvision's result for its own parameters.
+rounding back to uint8, so each sample equals torchvision's result for its own parameters: bit for bit
+for nearest; for bilinear within 1 uint8 level on a tiny share of values / a few float32 ulps, as
+``grid_sample``'s rounding differs between CPU vector widths.
 
 Vertical flips and large rotations change what some images mean (a 6 flipped or turned upside down reads
 as a 9); use them where the classes allow it.

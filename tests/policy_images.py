@@ -41,3 +41,53 @@ def load_images(n: int = 128) -> tuple[torch.Tensor, str]:
     images, _ = synthetic_images(6, -(-(n - len(edge)) // 6), seed=13)
     hwc = np.concatenate([edge, images])[:n]
     return torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))), "synthetic"
+
+
+# Exactness against torchvision. Integer arithmetic, nearest resampling and single IEEE operations
+# (brightness is one multiply) give the same bits on every CPU: compared exactly. Bilinear resampling and
+# the colour blends (saturation, contrast, sharpness: a multiply-add) do not: torch's kernels round them
+# differently per CPU vector width (AVX512, AVX2, ATEN_CPU_CAPABILITY=default), on torchvision's side as
+# on ours. For those, uint8 values may differ by 1 level (a rounding step lands on the other side of an
+# integer) on a small share of the values, and float values (in [0, 1]) by a few float32 ulps.
+BLENDS = ("Color", "Contrast", "Sharpness")
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+UINT8_LEVELS = 1
+BILINEAR_SHARE = 1e-3
+"""uint8 bilinear: at most 0.1% of the values 1 level apart (seen: 2 of 196,608 on AVX512)."""
+BLEND_SHARE = 1e-2
+"""uint8 blends: at most 1% of the values 1 level apart (seen: up to 0.42% with ATEN_CPU_CAPABILITY=default,
+where torchvision's multiply-add is not fused; none on AVX2 and AVX512)."""
+FLOAT_ATOL = 1e-5
+"""float: a few float32 ulps of a sampling coordinate (3.8e-6 at 32 px, the largest gap seen) or of a value."""
+
+
+def op_share(name: str, interpolation: str = "nearest") -> float:
+    """The share of uint8 values that may differ by 1 level for op ``name``; 0 = exact on every CPU."""
+    if name in BLENDS:
+        return BLEND_SHARE
+    return BILINEAR_SHARE if name in GEOMETRIC_OPS and interpolation == "bilinear" else 0.0
+
+
+def assert_matches(
+    out: torch.Tensor, expected: torch.Tensor, share: float | torch.Tensor = 0.0, what: str = ""
+) -> None:
+    """``out`` equals ``expected`` bit for bit where ``share`` is 0, else within the tolerance above.
+
+    ``share`` (see :func:`op_share`): one value for the whole batch, or a ``(B,)`` tensor, one per sample
+    (a batch of mixed ops); uint8 shares are counted over the samples with that share.
+    """
+    assert out.shape == expected.shape and out.dtype == expected.dtype, (what, out.shape, expected.shape, out.dtype)
+    shares = torch.as_tensor(share, dtype=torch.float64).expand(out.shape[0])
+    for bound in shares.unique().tolist():
+        rows = shares == bound
+        ours, theirs = out[rows], expected[rows]
+        if bound == 0.0:
+            assert torch.equal(ours, theirs), f"{what}: {(ours != theirs).sum().item()} values differ (exact ops)"
+        elif out.dtype == torch.uint8:
+            diff = (ours.int() - theirs.int()).abs()
+            differ = diff.ne(0).double().mean().item()
+            assert diff.max().item() <= UINT8_LEVELS, f"{what}: values {diff.max().item()} levels apart"
+            assert differ <= bound, f"{what}: {differ:.3%} of the values differ (at most {bound:.1%})"
+        else:
+            gap = (ours.double() - theirs.double()).abs().max().item()
+            assert gap <= FLOAT_ATOL, f"{what}: values {gap:.2e} apart (at most {FLOAT_ATOL:.0e})"

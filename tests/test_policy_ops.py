@@ -1,8 +1,10 @@
 """Per-sample colour and geometric ops against torchvision.transforms.v2.functional, image by image.
 
-Images: real CIFAR-10 under CIFAR10_ROOT, else synthetic (tests/policy_images.py). Every comparison is
-exact (torch.equal) for uint8 and float32: the blends emulate torchvision's fused multiply-add and the
-affine grid is built with torchvision's float32 rounding, so no tolerance is needed.
+Images: real CIFAR-10 under CIFAR10_ROOT, else synthetic (tests/policy_images.py). Integer colour ops,
+brightness and nearest warps are compared exactly (torch.equal) for uint8 and float32. Bilinear warps and
+the blends (saturation, contrast, sharpness) are compared with ``policy_images.assert_matches``'s stated
+tolerance: torch rounds them differently per CPU vector width (on torchvision's side as on ours), so they
+are exact on some CPUs only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from policy_images import load_images
+from policy_images import assert_matches, load_images, op_share
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -87,7 +89,7 @@ def test_each_op_at_every_table_magnitude_equals_torchvision(name, dtype):
     out = apply_ops(x, ops, mags)
     assert out.dtype == dtype and out.shape == x.shape
     expected = reference(x, [name] * len(mags), mags)
-    assert torch.equal(out, expected), f"{SOURCE} images: {(out != expected).sum().item()} values differ"
+    assert_matches(out, expected, op_share(name), f"{SOURCE} images, {name}")
     if name != "Identity" and name not in ("Posterize", "Solarize", "Sharpness"):
         assert not torch.equal(out, x)  # the op did something (this also guards the comparison)
 
@@ -104,7 +106,8 @@ def test_mixed_geometric_batch_with_interpolation_and_fill_equals_torchvision(dt
     x = as_dtype(IMAGES, dtype)
     fill_units = None if fill is None else [v / (1.0 if dtype == torch.uint8 else 255.0) for v in fill]
     out = apply_ops(x, torch.tensor([op_index(n) for n in names]), mags, interpolation, fill_units or 0.0)
-    assert torch.equal(out, reference(x, names, mags, interpolation, fill_units))
+    share = torch.tensor([op_share(n, interpolation) for n in names])
+    assert_matches(out, reference(x, names, mags, interpolation, fill_units), share)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
@@ -114,20 +117,21 @@ def test_colour_functions_with_continuous_parameters_equal_torchvision(dtype):
     n = len(x)
     factor = torch.rand(n, generator=gen, dtype=torch.float64) * 2
     cases = [
-        (color.adjust_brightness, F.adjust_brightness, factor),
-        (color.adjust_saturation, F.adjust_saturation, factor),
-        (color.adjust_contrast, F.adjust_contrast, factor),
-        (color.adjust_sharpness, F.adjust_sharpness, factor),
+        (color.adjust_brightness, F.adjust_brightness, factor, "Brightness"),
+        (color.adjust_saturation, F.adjust_saturation, factor, "Color"),
+        (color.adjust_contrast, F.adjust_contrast, factor, "Contrast"),
+        (color.adjust_sharpness, F.adjust_sharpness, factor, "Sharpness"),
         (
             color.solarize,
             F.solarize,
             torch.rand(n, generator=gen, dtype=torch.float64) * (1.0 if dtype != torch.uint8 else 255.0),
+            "Solarize",
         ),
-        (color.posterize, F.posterize, torch.randint(0, 9, (n,), generator=gen)),
+        (color.posterize, F.posterize, torch.randint(0, 9, (n,), generator=gen), "Posterize"),
     ]
-    for ours, theirs, param in cases:
+    for ours, theirs, param, name in cases:
         expected = torch.stack([theirs(x[i], param[i].item()) for i in range(n)])
-        assert torch.equal(ours(x, param), expected), ours.__name__
+        assert_matches(ours(x, param), expected, op_share(name), ours.__name__)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
@@ -150,8 +154,9 @@ def test_rotate_shear_translate_with_continuous_parameters_equal_torchvision(dty
             ),
         ),
     ]
+    share = op_share("Rotate", interpolation)  # one rule for every warp
     for out, expected in cases:
-        assert torch.equal(out, torch.stack([expected(i) for i in range(n)]))
+        assert_matches(out, torch.stack([expected(i) for i in range(n)]), share)
 
 
 def test_rotation_by_quarter_turns_moves_pixels_exactly():
@@ -195,7 +200,7 @@ def test_apply_ops_routes_each_sample_to_its_own_op():
         ]
     )
     out = apply_ops(x, ops, mags)
-    assert torch.equal(out, reference(x, [OPS[i] for i in ops], mags))
+    assert_matches(out, reference(x, [OPS[i] for i in ops], mags), torch.tensor([op_share(OPS[i]) for i in ops]))
 
 
 def test_batch_of_one_and_empty_batch():
@@ -211,7 +216,7 @@ def test_grayscale_images():
     for name in ("Color", "Contrast", "Sharpness", "AutoContrast", "Equalize", "Rotate", "Solarize"):
         mags = table_magnitudes(name)[-20:] if name not in ("AutoContrast", "Equalize") else torch.zeros(20)
         out = apply_ops(gray, torch.full((20,), op_index(name)), mags)
-        assert torch.equal(out, reference(gray, [name] * 20, mags)), name
+        assert_matches(out, reference(gray, [name] * 20, mags), op_share(name), name)
 
 
 def test_random_rotation_angles_lie_in_range_and_differ_per_sample():
