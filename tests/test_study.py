@@ -50,14 +50,20 @@ def _arg(args: list[str], key: str) -> str:
 
 
 class FakeRun:
-    """Stands in for models.cli.run: deterministic metrics from variant and seed, records every call."""
+    """Stands in for models.cli.run in Ray trials: deterministic metrics from variant and seed; every call's
+    args are appended to a file (trials run in Ray worker processes), read back by `calls`."""
 
-    def __init__(self, fail: set[str] = frozenset()) -> None:
-        self.calls: list[list[str]] = []
+    def __init__(self, log: Path, fail: set[str] = frozenset()) -> None:
+        self.log = log
         self.fail = fail
 
+    @property
+    def calls(self) -> list[list[str]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
     def __call__(self, args: list[str]) -> dict:
-        self.calls.append(args)
+        with self.log.open("a") as f:
+            f.write(json.dumps(args) + "\n")
         logger = json.loads(_arg(args, "trainer.logger"))["init_args"]
         variant, seed = logger["name"], int(_arg(args, "seed_everything"))
         if variant in self.fail:
@@ -69,6 +75,43 @@ class FakeRun:
             "test/acc": acc, "val/acc_best": acc + 0.01, "train/acc": acc + 0.1, "train/loss": 1.0,
             "test/loss": 1.5, "epochs": 1, "global_step": 2, "fit_time_s": 3.0, "log_dir": str(log_dir),
         }  # fmt: skip
+
+
+class CountingRun:
+    """The real models.cli.run, each call's args appended to a file (to count fits made in Ray workers)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    @property
+    def calls(self) -> list[list[str]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def __call__(self, args: list[str]) -> dict:
+        from models.cli import run
+
+        with self.log.open("a") as f:
+            f.write(json.dumps(args) + "\n")
+        return run(args)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray for the module's trials (start-up takes seconds); tests/ on the workers' path, so
+    the fakes above unpickle there; shut down at the end."""
+    import os
+
+    from bench.study.engine import EngineOptions, ray_session
+
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(REPO_ROOT / "tests")
+    try:
+        with ray_session(EngineOptions()) as ray:
+            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
+            yield ray
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -187,9 +230,10 @@ def test_grid_expands_variants_with_group(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- runner
 
 
-def test_run_study_writes_csv_report_plot_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_run_study_writes_csv_report_plot_and_resumes(tmp_path: Path, ray_local) -> None:
     study = load_study(_write_study(tmp_path))
-    fake = FakeRun()
+    fake = FakeRun(tmp_path / "calls.jsonl")
     out = tmp_path / "out"
     rows = run_study(study, "ci", out, run_fn=fake)
     assert len(fake.calls) == 4
@@ -215,9 +259,10 @@ def test_run_study_writes_csv_report_plot_and_resumes(tmp_path: Path) -> None:
     assert len(fake.calls) == 7 and "## Scale: short" in (out / "toy" / "results.md").read_text()
 
 
-def test_failing_run_is_recorded_and_the_study_continues(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_failing_run_is_recorded_and_the_study_continues(tmp_path: Path, ray_local) -> None:
     study = load_study(_write_study(tmp_path, seeds=[0]))
-    fake = FakeRun(fail={"a"})
+    fake = FakeRun(tmp_path / "calls.jsonl", fail={"a"})
     rows = run_study(study, "ci", tmp_path / "out", run_fn=fake)
     assert [(r["variant"], r["status"]) for r in rows] == [("a", "error"), ("b", "ok")]
     assert rows[0]["message"] == "ValueError: model.label_smoothing must be in [0, 1), got 2"
@@ -229,7 +274,8 @@ def test_failing_run_is_recorded_and_the_study_continues(tmp_path: Path) -> None
     assert "Failed runs" not in (tmp_path / "out/toy/results.md").read_text()
 
 
-def test_parse_error_exit_is_recorded_with_its_message(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_parse_error_exit_is_recorded_with_its_message(tmp_path: Path, ray_local) -> None:
     import sys
 
     def exits(args: list[str]) -> dict:
@@ -241,23 +287,30 @@ def test_parse_error_exit_is_recorded_with_its_message(tmp_path: Path) -> None:
     assert rows[0]["message"] == "SystemExit: error: Parser key 'model.colour' not found"
 
 
-def test_lr_sweep_picks_best_validation_lr_and_never_tests(tmp_path: Path) -> None:
-    study = load_study(_write_study(tmp_path, variants=[{"name": "a", "lr_grid": [0.01, 0.1, 1.0]}, {"name": "b"}]))
-    calls: list[list[str]] = []
+class SweepRun(FakeRun):
+    """Validation accuracy by learning rate (0.01: 0.3, 0.1: 0.7, 1.0: 0.5) plus 0.01 x seed."""
 
-    def run_fn(args: list[str]) -> dict:
-        calls.append(args)
+    def __call__(self, args: list[str]) -> dict:
+        with self.log.open("a") as f:
+            f.write(json.dumps(args) + "\n")
         lr = float(_arg(args, "model.optimizer.lr"))
         seed = int(_arg(args, "seed_everything"))
         return {"val/acc_best": {0.01: 0.3, 0.1: 0.7, 1.0: 0.5}[lr] + 0.01 * seed, "epochs": 1, "fit_time_s": 1.0}
 
+
+@pytest.mark.slow
+def test_lr_sweep_picks_best_validation_lr_and_never_tests(tmp_path: Path, ray_local) -> None:
+    study = load_study(_write_study(tmp_path, variants=[{"name": "a", "lr_grid": [0.01, 0.1, 1.0]}, {"name": "b"}]))
+    run_fn = SweepRun(tmp_path / "calls.jsonl")
+
     chosen = lr_sweep(study, "ci", tmp_path / "out", run_fn=run_fn)
+    calls = run_fn.calls
     assert chosen == {"a": 0.1} and len(calls) == 3
     assert all(_arg(a, "run_test") == "false" for a in calls)
     rows = read_rows(tmp_path / "out/toy/lr_sweep.csv")
     assert tuple(rows[0]) == SWEEP_COLUMNS and all("test" not in k for k in rows[0])
     assert "| a | 0.1 | 1 | 70.00 ± 0.00 | yes |" in (tmp_path / "out/toy/lr_sweep.md").read_text()
-    assert lr_sweep(study, "ci", tmp_path / "out", run_fn=run_fn) == {"a": 0.1} and len(calls) == 3  # resumed
+    assert lr_sweep(study, "ci", tmp_path / "out", run_fn=run_fn) == {"a": 0.1} and len(run_fn.calls) == 3  # resumed
     # Ties go to the smaller LR; other scales are ignored.
     tie = [
         {"variant": "a", "lr": "0.1", "scale": "ci", "status": "ok", "val_acc": "0.5"},
@@ -266,17 +319,18 @@ def test_lr_sweep_picks_best_validation_lr_and_never_tests(tmp_path: Path) -> No
     ]
     assert chosen_lrs(tie, "ci") == {"a": 0.01}
     # The swept LR feeds the main study.
-    fake = FakeRun()
+    fake = FakeRun(tmp_path / "study_calls.jsonl")
     run_study(study, "ci", tmp_path / "out", seeds=[0], only=["a"], swept_lrs=chosen, run_fn=fake)
     assert _arg(fake.calls[0], "model.optimizer.lr") == "0.1"
 
 
-def test_lr_sweep_and_study_write_one_record_format(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_lr_sweep_and_study_write_one_record_format(tmp_path: Path, ray_local) -> None:
     """Both go through one run loop: the same run gives the same record in lr_sweep.csv and results.csv."""
     study = load_study(
         _write_study(tmp_path, seeds=[0], variants=[{"name": "a", "lr_grid": [0.1]}, {"name": "b", "lr_grid": [0.1]}])
     )
-    fake = FakeRun(fail={"b"})
+    fake = FakeRun(tmp_path / "calls.jsonl", fail={"b"})
     out = tmp_path / "out"
     assert lr_sweep(study, "ci", out, run_fn=fake) == {"a": 0.1}
     run_study(study, "ci", out, swept_lrs={"a": 0.1, "b": 0.1}, run_fn=fake)
@@ -378,22 +432,6 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def counted_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Calls of the real models.cli.run made by the runner."""
-    import models.cli
-
-    calls: list[list[str]] = []
-    real = models.cli.run
-
-    def counting(args: list[str]) -> dict:
-        calls.append(list(args))
-        return real(args)
-
-    monkeypatch.setattr(models.cli, "run", counting)
-    return calls
-
-
 def _study_main(name: str, out: Path, data: Path, *extra: str) -> int:
     study = str(REPO_ROOT / f"configs/studies/{name}.yaml")
     return main([study, "--scale", "ci", "--out", str(out), "--set", f"data.root={data}", *extra])
@@ -407,9 +445,12 @@ def test_every_study_variant_instantiates_at_ci_scale(tiny_data: Path) -> None:
     assert all(p.startswith("ValueError: model.optimizer.name must be one of") for p in bad.values())
 
 
-def test_regularizers_ci_runs_reports_and_resumes(tiny_data: Path, tmp_path: Path, counted_runs: list) -> None:
-    assert _study_main("regularizers", tmp_path, tiny_data, "--only", "combined") == 0
-    assert len(counted_runs) == 1
+@pytest.mark.slow
+def test_regularizers_ci_runs_reports_and_resumes(tiny_data: Path, tmp_path: Path, ray_local) -> None:
+    counted = CountingRun(tmp_path / "calls.jsonl")
+    study = load_study(REPO_ROOT / "configs/studies/regularizers.yaml")
+    run_study(study, "ci", tmp_path, only=["combined"], extra={"data.root": str(tiny_data)}, run_fn=counted)
+    assert len(counted.calls) == 1
     rows = read_rows(tmp_path / "regularizers/results.csv")
     assert [(r["variant"], r["scale"], r["status"]) for r in rows] == [("combined", "ci", "ok")]
     row = rows[0]
@@ -425,11 +466,12 @@ def test_regularizers_ci_runs_reports_and_resumes(tiny_data: Path, tmp_path: Pat
     assert (tmp_path / "regularizers/results.png").stat().st_size > 1000
     csv_mtime = (tmp_path / "regularizers/results.csv").stat().st_mtime_ns
     assert _study_main("regularizers", tmp_path, tiny_data, "--only", "combined") == 0
-    assert len(counted_runs) == 1  # resumed: nothing refit
+    assert len(counted.calls) == 1  # resumed: nothing refit
     assert (tmp_path / "regularizers/results.csv").stat().st_mtime_ns == csv_mtime
 
 
-def test_failing_variant_recorded_with_real_cli(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_failing_variant_recorded_with_real_cli(tiny_data: Path, tmp_path: Path, ray_local) -> None:
     path = _write_study(
         tmp_path,
         base=[str(REPO_ROOT / "configs/cifar10_resnet18.yaml")],
@@ -443,7 +485,8 @@ def test_failing_variant_recorded_with_real_cli(tiny_data: Path, tmp_path: Path)
     assert rows[0]["message"].startswith("ValueError: model.mixup.alpha must be")
 
 
-def test_norms_ci_small_batch_group_norm(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_norms_ci_small_batch_group_norm(tiny_data: Path, tmp_path: Path, ray_local) -> None:
     assert _study_main("norms", tmp_path, tiny_data, "--only", "group_b8") == 0
     (row,) = read_rows(tmp_path / "norms/results.csv")
     assert row["status"] == "ok" and float(row["lr"]) == pytest.approx(0.2 * 8 / 512)
@@ -451,7 +494,8 @@ def test_norms_ci_small_batch_group_norm(tiny_data: Path, tmp_path: Path) -> Non
     assert config["model"]["norm"] == "group" and config["data"]["batch_size"] == 8
 
 
-def test_optimizers_ci_lr_sweep_then_study(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_optimizers_ci_lr_sweep_then_study(tiny_data: Path, tmp_path: Path, ray_local) -> None:
     import dataclasses
 
     study = load_study(REPO_ROOT / "configs/studies/optimizers.yaml")
@@ -467,7 +511,8 @@ def test_optimizers_ci_lr_sweep_then_study(tiny_data: Path, tmp_path: Path) -> N
     assert config["run_test"] is False and config["model"]["optimizer"]["name"] == "adam"
 
 
-def test_batch_size_ci_reports_clean_train_accuracy_and_gap(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_batch_size_ci_reports_clean_train_accuracy_and_gap(tiny_data: Path, tmp_path: Path, ray_local) -> None:
     assert _study_main("batch_size", tmp_path, tiny_data, "--only", "b512") == 0
     (row,) = read_rows(tmp_path / "batch_size/results.csv")
     assert row["status"] == "ok", row["message"]
@@ -479,7 +524,8 @@ def test_batch_size_ci_reports_clean_train_accuracy_and_gap(tiny_data: Path, tmp
     assert "train-test gap (pp)" in md and f"| {gap:.2f} ± 0.00 |" in md
 
 
-def test_kfold_ci_fold_and_single_split(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_kfold_ci_fold_and_single_split(tiny_data: Path, tmp_path: Path, ray_local) -> None:
     assert _study_main("kfold", tmp_path, tiny_data, "--only", "kfold5_fold1,single_split") == 0
     rows = read_rows(tmp_path / "kfold/results.csv")
     assert [(r["variant"], r["group"], r["status"]) for r in rows] == [
@@ -489,7 +535,8 @@ def test_kfold_ci_fold_and_single_split(tiny_data: Path, tmp_path: Path) -> None
     assert (config["data"]["num_folds"], config["data"]["fold"]) == (5, 1)
 
 
-def test_bagging_ci_ensemble_of_bootstrap_models(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_bagging_ci_ensemble_of_bootstrap_models(tiny_data: Path, tmp_path: Path, ray_local) -> None:
     assert _study_main("bagging", tmp_path, tiny_data, "--only", "bagged", "--seeds", "0", "1") == 0
     rows = read_rows(tmp_path / "bagging/results.csv")
     assert [(r["seed"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok")]
@@ -505,15 +552,15 @@ def test_bagging_ci_ensemble_of_bootstrap_models(tiny_data: Path, tmp_path: Path
     assert f"| {expected:.2f} |" in md.split("### Ensembles")[1]
 
 
-def test_sharpness_metrics_become_study_columns(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_sharpness_metrics_become_study_columns(tmp_path: Path, ray_local) -> None:
     """A run with sharpness on records both measures; the report gains their mean +- std columns."""
     from bench.study import load_study, run_study
 
     study = load_study(_write_study(tmp_path, seeds=[0, 1], variants=[{"name": "a"}]))
-    values = iter([(10.0, 2.0), (14.0, 4.0)])
 
     def fake(args: list[str]) -> dict:
-        eig, eps = next(values)
+        eig, eps = {0: (10.0, 2.0), 1: (14.0, 4.0)}[int(_arg(args, "seed_everything"))]
         return {"test/acc": 0.5, "sharpness/hessian_max_eig": eig, "sharpness/eps_sharpness": eps}
 
     rows = run_study(study, "ci", tmp_path / "out", run_fn=fake)

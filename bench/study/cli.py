@@ -13,6 +13,7 @@ import yaml
 
 from bench.study.args import run_key
 from bench.study.check import check_study
+from bench.study.engine import EngineOptions
 from bench.study.records import read_rows
 from bench.study.report import write_report
 from bench.study.runner import chosen_lrs, lr_sweep, run_study
@@ -47,7 +48,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="fit each variant's lr_grid, pick LRs on validation accuracy")  # fmt: skip
     p.add_argument("--use-swept-lr", metavar="SWEEP_SCALE", help="use the LRs chosen by the sweep run at this scale")
     p.add_argument("--check", action="store_true", help="parse every variant's config, print the args, fit nothing")
-    p.add_argument("--threads", type=int, help="torch CPU threads (tiny CPU models on a busy machine: 1)")
+    p.add_argument("--threads", type=int, help="torch CPU threads in each trial (default: the trial's CPUs)")
+    ray = p.add_argument_group("Ray Tune (the trial engine)")
+    ray.add_argument("--address", help="join a running Ray cluster: auto, host:port or ray://host:port "
+                     "(default: start Ray on this machine)")  # fmt: skip
+    ray.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the resources allow)")
+    ray.add_argument("--cpus-per-trial", type=float,
+                     help="CPUs per trial (default: cores // max-concurrent, else 1)")
+    ray.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: 1 where there are GPUs, else 0)")
+    ray.add_argument("--max-failures", type=int, default=2,
+                     help="retries of a trial whose worker died (it resumes from its last.ckpt)")  # fmt: skip
+    ray.add_argument("--ray-logs", action="store_true", help="show Ray's and the trials' logs (quiet by default)")
     p.add_argument("--report-only", action="store_true", help="rewrite results.md / results.png from results.csv")
     return p
 
@@ -57,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = _parser().parse_args(argv)
     try:
         return _main(opts)
-    except ValueError as err:
+    except (ValueError, ImportError) as err:
         from models.cli import _one_line
 
         print(f"error: {_one_line(err)}", file=sys.stderr)
@@ -68,7 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _engine_options(opts: argparse.Namespace) -> EngineOptions:
+    return EngineOptions(
+        address=opts.address, max_concurrent=opts.max_concurrent, cpus_per_trial=opts.cpus_per_trial,
+        gpus_per_trial=opts.gpus_per_trial, threads=opts.threads, max_failures=opts.max_failures,
+        ray_logs=opts.ray_logs,
+    )  # fmt: skip
+
+
 def _main(opts: argparse.Namespace) -> int:
+    options = _engine_options(opts)
     study = load_study(opts.study)
     only = [x for x in opts.only.split(",") if x]
     extra = _parse_set(opts.sets)
@@ -83,7 +103,7 @@ def _main(opts: argparse.Namespace) -> int:
             print(f"{name}: {'ok' if not problem else problem}")
         return 2 if any(problems.values()) else 0
     if opts.lr_sweep:
-        chosen = lr_sweep(study, opts.scale, out, opts.seeds, only, extra)
+        chosen = lr_sweep(study, opts.scale, out, opts.seeds, only, extra, options=options)
         for name, lr in chosen.items():
             print(f"{name}: lr {lr:g}")
         return 0
@@ -94,13 +114,8 @@ def _main(opts: argparse.Namespace) -> int:
             raise ValueError(
                 f"--use-swept-lr must name a scale with ok rows in lr_sweep.csv, got {opts.use_swept_lr!r}"
             )
-    import torch
-
-    torch.set_float32_matmul_precision("high")
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
     start = time.perf_counter()
-    rows = run_study(study, opts.scale, out, opts.seeds, only, extra, swept)
+    rows = run_study(study, opts.scale, out, opts.seeds, only, extra, swept, options=options)
     ok = {run_key(r["variant"], r["seed"], r["scale"]) for r in rows if r["status"] == "ok"}
     errors = len({run_key(r["variant"], r["seed"], r["scale"]) for r in rows if r["scale"] == opts.scale} - ok)
     print(f"[study {study.name}] done in {time.perf_counter() - start:.0f} s; {errors} failed; "

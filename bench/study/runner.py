@@ -1,34 +1,30 @@
-"""The one run loop of studies and the LR sweep: planned runs in order, resumable, one CSV record per run.
+"""The one run loop of studies and the LR sweep: planned runs as Ray Tune trials, resumable, one CSV record per run.
 
 A study plans variants x seeds at one scale; the LR sweep plans, per variant with an `lr_grid`, one run per
 (learning rate, seed) with the test split off. Both go through `run_planned`: a run already recorded with
-status ok is skipped, a stale log directory is removed before a fit, a failure is recorded with its one-line
-message and the loop goes on, and every record is flushed to disk before the next run starts.
+status ok is skipped (a record its trial left in its run folder but the ledger lacks, from a driver that
+died, is taken as is); the others run as Ray Tune trials (`bench.study.engine`, `bench.study.trial`), in
+parallel where the resources allow. A failure is recorded with its one-line message and the study goes
+on; records are appended in plan order, each as soon as the runs before it have theirs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import io
 import itertools
 import statistics
-import sys
-import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from augment.checks import CheckError
 from bench.study.args import build_args, merged_overrides, run_dir
-from bench.study.records import Ledger, metric_fields
+from bench.study.engine import EngineOptions, run_trials, with_storage
+from bench.study.records import Ledger
 from bench.study.report import write_report, write_sweep_report
 from bench.study.spec import Study, Variant, format_value
+from bench.study.trial import RunFn, Tee, error_line, read_record
 
-__all__ = ["RunFn", "PlannedRun", "run_planned", "run_study", "lr_sweep", "chosen_lrs", "error_line"]
-
-RunFn = Callable[[list[str]], Mapping[str, Any]]
+__all__ = ["RunFn", "PlannedRun", "run_planned", "run_study", "lr_sweep", "chosen_lrs", "error_line", "Tee"]
 
 
 @dataclass(frozen=True)
@@ -42,81 +38,24 @@ class PlannedRun:
     label: str = ""  # how the progress lines name the run
 
 
-def error_line(err: BaseException, stderr_tail: str = "") -> str:
-    """`<Type>: <message>` in one line; a SystemExit (jsonargparse printed the parse error) reads stderr's last line."""
-    from models.cli import _one_line
+class _InPlanOrder:
+    """Appends records to a ledger in plan order: record i as soon as records 0..i-1 are in."""
 
-    if isinstance(err, SystemExit):
-        lines = [ln.strip() for ln in stderr_tail.strip().splitlines() if ln.strip()]
-        text = lines[-1] if lines else f"exit code {err.code}"
-    else:
-        text = _one_line(err) if str(err).strip() else ""
-    kind = "ValueError" if isinstance(err, CheckError) else type(err).__name__  # a CheckError is a ValueError
-    return f"{kind}: {text}"[:500].replace("\n", " ")
+    def __init__(self, ledger: Ledger, total: int) -> None:
+        self.ledger, self.total, self.next, self.waiting = ledger, total, 0, {}
 
+    def put(self, index: int, row: Mapping[str, Any]) -> None:
+        self.waiting[index] = row
+        while self.next in self.waiting:
+            self.ledger.append(self.waiting.pop(self.next))
+            self.next += 1
 
-class Tee(io.TextIOBase):
-    """Writes to a stream and keeps the last `keep` characters (to read a parse error back)."""
-
-    def __init__(self, stream: Any, keep: int = 4000) -> None:
-        self.stream, self.keep, self.tail = stream, keep, ""
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        self.tail = (self.tail + text)[-self.keep :]
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def _default_run_fn() -> RunFn:
-    from models.cli import run
-
-    return run
-
-
-def _release_memory() -> None:
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _call(run_fn: RunFn, args: list[str]) -> tuple[Mapping[str, Any] | None, str]:
-    """Run one config; return (metrics, '') or (None, one-line error). KeyboardInterrupt propagates."""
-    tee = Tee(sys.stderr)
-    try:
-        with contextlib.redirect_stderr(tee):
-            metrics = run_fn(args)
-        return metrics, ""
-    except KeyboardInterrupt:
-        raise
-    except (Exception, SystemExit) as err:  # noqa: BLE001 - a study records every failure and goes on
-        traceback.print_exc()
-        return None, error_line(err, tee.tail)
-    finally:
-        _release_memory()
-
-
-def _after_run(study: Study, log_dir: Path) -> dict[str, Any]:
-    """Extra evaluation of the selected checkpoint: test probs (ensemble), clean train accuracy (gap)."""
-    extra: dict[str, Any] = {}
-    if not (study.ensemble or study.gap):
-        return extra
-    from bench import ensemble
-
-    try:
-        if study.ensemble:
-            ensemble.save_split_probs(log_dir, "test")
-        if study.gap:
-            probs, labels = ensemble.save_split_probs(log_dir, "train")
-            extra["train_acc_clean"] = ensemble.accuracy(probs, labels)
-    except (Exception, SystemExit) as err:  # noqa: BLE001 - the fit itself succeeded; say what failed
-        traceback.print_exc()
-        extra["message"] = f"evaluation failed: {error_line(err)}"
-    return extra
+    def flush(self) -> int:
+        """Append what is still waiting (a run before it never finished); return how many runs have no record."""
+        missing = self.total - self.next - len(self.waiting)
+        for index in sorted(self.waiting):
+            self.ledger.append(self.waiting.pop(index))
+        return missing
 
 
 def run_planned(
@@ -127,36 +66,51 @@ def run_planned(
     run_fn: RunFn | None = None,
     title: str = "study",
     evaluate: bool = True,
+    options: EngineOptions | None = None,
 ) -> None:
-    """Fit the planned runs not yet in `ledger` with status ok, appending one record per run.
+    """Run the planned runs not yet in `ledger` with status ok as Ray Tune trials, one record per run.
 
     `evaluate` adds the study's after-fit evaluation (ensemble probs, clean train accuracy); the LR sweep
-    leaves it off, so it never touches the test split.
+    leaves it off, so it never touches the test split. Raises KeyboardInterrupt when the trials were
+    stopped (Ctrl-C) before every run had its record.
     """
     done = ledger.done()
     records = [(run, _record(study, scale, run)) for run in runs]
     todo = [(run, row) for run, row in records if ledger.key(row) not in done]
     tag = f"[{title} {study.name}]"
     print(f"{tag} scale {scale}: {len(runs)} runs, {len(todo)} to do", flush=True)
-    run_fn = run_fn or _default_run_fn()
-    for i, (run, row) in enumerate(todo, 1):
+    writer = _InPlanOrder(ledger, len(todo))
+    specs: list[dict[str, Any]] = []
+    plan_index: list[int] = []
+    for i, (run, row) in enumerate(todo):
         try:
             args = build_args(study, run.variant, scale, run.seed, run.log_dir, run.extra)
         except ValueError as err:
-            metrics, message = None, error_line(err)
-        else:
-            row["lr"] = merged_overrides(study, run.variant, scale, run.extra).get("model.optimizer.lr")
-            print(f"{tag} ({i}/{len(todo)}) {run.label}: {' '.join(args)}", flush=True)
-            _fresh_dir(run.log_dir)
-            metrics, message = _call(run_fn, args)
-        if metrics is None:
-            row.update(status="error", message=message, log_dir=str(run.log_dir))
-        else:
-            row.update(metric_fields(metrics), status="ok", log_dir=str(metrics.get("log_dir") or run.log_dir))
-            if evaluate:
-                row.update(_after_run(study, Path(row["log_dir"])))
-        ledger.append(row)
-        print(f"{tag} {run.label}: {row['status']} {message}", flush=True)
+            row.update(status="error", message=error_line(err), log_dir=str(run.log_dir))
+            print(f"{tag} {run.label}: error {row['message']}", flush=True)
+            writer.put(i, row)
+            continue
+        row["lr"] = merged_overrides(study, run.variant, scale, run.extra).get("model.optimizer.lr")
+        left = read_record(run.log_dir)
+        if left and left.get("status") == "ok" and ledger.key(left) == ledger.key(row):
+            print(f"{tag} {run.label}: ok (finished earlier, recorded now)", flush=True)
+            writer.put(i, left)
+            continue
+        evaluation = {"ensemble": study.ensemble, "gap": study.gap} if evaluate else {}
+        record = {k: v for k, v in row.items()}
+        spec = {"index": len(specs), "label": run.label, "args": args, "log_dir": str(run.log_dir),
+                "record": record, "evaluate": evaluation}  # fmt: skip
+        specs.append(spec)
+        plan_index.append(i)
+    try:
+        if specs:
+            options = with_storage(options or EngineOptions(), ledger.path.parent / "ray")
+            name = f"{title.replace(' ', '_')}_{scale}"
+            run_trials(specs, options, lambda j, rec: writer.put(plan_index[j], rec), tag, name, run_fn)
+    finally:
+        missing = writer.flush()
+    if missing:
+        raise KeyboardInterrupt(f"{missing} runs did not finish")
 
 
 def _record(study: Study, scale: str, run: PlannedRun) -> dict[str, Any]:
@@ -165,14 +119,6 @@ def _record(study: Study, scale: str, run: PlannedRun) -> dict[str, Any]:
         "study": study.name, "scale": scale, "variant": run.variant.name, "group": run.variant.group,
         "seed": run.seed, "lr": run.extra.get("model.optimizer.lr"),
     }  # fmt: skip
-
-
-def _fresh_dir(log_dir: Path) -> None:
-    """Remove what an interrupted or failed earlier attempt left (stale checkpoints would be picked up)."""
-    import shutil
-
-    if log_dir.exists():
-        shutil.rmtree(log_dir)
 
 
 def run_study(
@@ -184,6 +130,7 @@ def run_study(
     extra: Mapping[str, Any] | None = None,
     swept_lrs: Mapping[str, float] | None = None,
     run_fn: RunFn | None = None,
+    options: EngineOptions | None = None,
 ) -> list[dict[str, str]]:
     """Run the study's variants x seeds at `scale`, append to results.csv, write the report; return all rows."""
     study.check_scale(scale)
@@ -196,10 +143,12 @@ def run_study(
         log_dir = run_dir(out_dir, study, variant, scale, seed)
         runs.append(PlannedRun(variant, seed, log_dir, run_extra, f"{variant.name} seed {seed}"))
     ledger = Ledger.results(out_dir / study.name)
-    run_planned(study, scale, runs, ledger, run_fn)
-    rows = ledger.rows()
-    write_report(study, rows, out_dir / study.name)
-    return rows
+    try:
+        run_planned(study, scale, runs, ledger, run_fn, options=options)
+    finally:
+        rows = ledger.rows()
+        write_report(study, rows, out_dir / study.name)
+    return _plan_order(rows, study)
 
 
 def lr_sweep(
@@ -210,6 +159,7 @@ def lr_sweep(
     only: Iterable[str] | None = None,
     extra: Mapping[str, Any] | None = None,
     run_fn: RunFn | None = None,
+    options: EngineOptions | None = None,
 ) -> dict[str, float]:
     """Fit each variant's `lr_grid` at `scale` (no test run) and pick the LR of best mean val accuracy.
 
@@ -232,7 +182,7 @@ def lr_sweep(
         for lr, seed in itertools.product(variant.lr_grid, tuple(seeds) if seeds else study.seeds[:1])
     ]
     ledger = Ledger.sweep(out_dir / study.name)
-    run_planned(study, scale, runs, ledger, run_fn, title="lr sweep", evaluate=False)
+    run_planned(study, scale, runs, ledger, run_fn, title="lr sweep", evaluate=False, options=options)
     rows = ledger.rows()
     chosen = chosen_lrs(rows, scale)
     write_sweep_report(study, rows, scale, chosen, out_dir / study.name)
@@ -248,3 +198,9 @@ def chosen_lrs(rows: Iterable[Mapping[str, str]], scale: str) -> dict[str, float
     return {
         v: max(sorted(by_lr), key=lambda lr: statistics.fmean(by_lr[lr])) for v, by_lr in scores.items()
     }
+
+
+def _plan_order(rows: list[dict[str, str]], study: Study) -> list[dict[str, str]]:
+    """Rows sorted by the study's variant order, then seed (stable: a run's earlier attempts come first)."""
+    order = {v.name: i for i, v in enumerate(study.variants)}
+    return sorted(rows, key=lambda r: (order.get(r["variant"], len(order)), int(r["seed"])))
