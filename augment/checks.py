@@ -30,11 +30,20 @@ class CheckError(ValueError):
 
     def __init__(self, field: str, rule: str, value: Any) -> None:
         self.field, self.rule, self.value = field, rule, value
-        super().__init__(f"{field} must be {rule}, got {value!r}")
+        super().__init__(f"{field} must be {rule}, got {shown(value)}")
 
     def with_field(self, field: str) -> CheckError:
         """The same error for another field name (keeps the rule and the value)."""
         return CheckError(field, self.rule, self.value)
+
+
+def shown(value: Any, limit: int = 300) -> str:
+    """``repr(value)`` when it is one short line, else its type (and length): an error message stays one line."""
+    text = repr(value)
+    if len(text) <= limit and "\n" not in text:
+        return text
+    size = f" of {len(value)} items" if isinstance(value, (list, tuple, dict, set)) else ""
+    return f"a {type(value).__name__}{size}"
 
 
 def require(ok: bool, field: str, rule: str, value: Any) -> None:

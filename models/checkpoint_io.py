@@ -7,7 +7,8 @@ file into place. When the temp folder is on another filesystem than the checkpoi
 the destination, truncating it first: a SIGKILL during that copy leaves a partial checkpoint where the
 previous good one was, and nothing is fsynced. ``AtomicCheckpointIO`` writes to a temporary file next
 to the target, fsyncs it, ``os.replace``s it over the target (atomic on POSIX and Windows within one
-filesystem) and fsyncs the folder. Remote (non-local) paths keep Lightning's behaviour.
+filesystem) and fsyncs the folder. Remote (non-local) paths keep Lightning's behaviour. Each local file
+written or removed is noted in its run folder's marker (see ``models.run_folder``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
+
+from models.run_folder import forget_checkpoint, record_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save", "TEMP_SUFFIX"]
 
@@ -100,3 +103,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         atomic_torch_save(checkpoint, os.fspath(path))
+        record_checkpoint(path)  # what --overwrite may remove later (models.run_folder)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        if isinstance(get_filesystem(path), LocalFileSystem):
+            forget_checkpoint(path)

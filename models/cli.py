@@ -26,6 +26,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from augment.checks import CheckError
 from augment.data import CIFARDataModule
@@ -44,11 +45,19 @@ from models.callbacks import (
 from models.callbacks.sharpness import Sharpness
 from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
-from models.preflight import RunFolder, check_forward, check_meaningful, check_settings
+from models.preflight import (
+    check_batch_statistics,
+    check_config_files,
+    check_forward,
+    check_meaningful,
+    check_settings,
+)
 from models.regularizers import WeightNoise
-from models.resume import check_resumable, continue_checkpoint_dir, read_checkpoint
+from models.resume import check_resumable, continue_checkpoint_dir, local_path, read_checkpoint
 from models.run_dir import logs_under_root_dir
+from models.run_folder import RunFolder, check_run_dir_location, claim_version_folder, set_status
 from models.run_summary import print_run_summary
+from models.trainer import CifarTrainer
 
 __all__ = ["CifarCLI", "LastCheckpoint", "RunCheckpoint", "UserError", "run", "main"]
 
@@ -154,6 +163,7 @@ class CifarCLI(LightningCLI):
             super().__init__(
                 CifarClassifier,
                 CIFARDataModule,
+                trainer_class=CifarTrainer,
                 run=False,
                 args=args,
                 auto_configure_optimizers=False,
@@ -166,6 +176,7 @@ class CifarCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then reject values Lightning would report without naming the field (before seeding)."""
         super().parse_arguments(parser, args)
+        _expand_paths(self.config)
         _check_seed(self.config.get("seed_everything"))
         _check_accelerator(self.config.get("trainer.accelerator"))
         check_settings(self.config)
@@ -212,6 +223,20 @@ class CifarCLI(LightningCLI):
         parser.add_argument(
             "--overwrite", type=bool, default=False, help="Replace an earlier run in the same run folder."
         )
+
+
+# Settings that name files or folders: `~` and `file://` mean what they mean in the user's shell.
+PATH_KEYS = (
+    "ckpt_path", "data.root", "data.train_csv", "trainer.default_root_dir", "trainer.logger.init_args.save_dir",
+    "checkpoint.dirpath",
+)
+
+
+def _expand_paths(config: Any) -> None:
+    for key in PATH_KEYS:
+        value = config.get(key)
+        if isinstance(value, str) and value.startswith(("~", "file://")):
+            config[key] = local_path(value)
 
 
 def _check_seed(seed: Any) -> None:
@@ -264,11 +289,20 @@ def _final_metrics(
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during fit; ``checkpoint``: the last finished epoch's ``last.ckpt`` (None if none yet)."""
+    """A run stopped by Ctrl-C or SIGTERM before it finished.
 
-    def __init__(self, checkpoint: str | None) -> None:
+    ``checkpoint``: the last finished epoch's ``last.ckpt`` (None if none yet); ``phase``: fit or test;
+    ``signal_name``: SIGINT or SIGTERM.
+    """
+
+    def __init__(self, checkpoint: str | None, phase: str = "fit", signal_name: str = "SIGINT") -> None:
         super().__init__(checkpoint)
-        self.checkpoint = checkpoint
+        self.checkpoint, self.phase, self.signal_name = checkpoint, phase, signal_name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process the signal ended (130 / 143)."""
+        return 128 + int(signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
 
 
 class CtrlCAtBatchEnd(pl.Callback):
@@ -298,6 +332,27 @@ class CtrlCAtBatchEnd(pl.Callback):
         self._stop_if_requested()
 
 
+def _last_checkpoint(trainer: Any) -> str | None:
+    saved = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
+    return next((path for path in saved if path and os.path.isfile(path)), None)
+
+
+@contextmanager
+def _stopped_by_sigterm(trainer: Any, phase: str, checkpoint: str | None = None) -> Iterator[None]:
+    """SIGTERM (a scheduler's stop) during ``phase`` becomes :class:`RunInterrupted`, never a silent exit 0.
+
+    Lightning turns it into ``SIGTERMException`` (a ``SystemExit`` with code 0), or only sets
+    ``received_sigterm`` when it arrives in a phase's last batch. ``checkpoint``: where to resume from
+    (default: the run's ``last.ckpt`` as the checkpoint callback knows it now).
+    """
+    try:
+        yield
+    except SIGTERMException:
+        raise RunInterrupted(checkpoint or _last_checkpoint(trainer), phase, "SIGTERM") from None
+    if trainer.received_sigterm:
+        raise RunInterrupted(checkpoint or _last_checkpoint(trainer), phase, "SIGTERM")
+
+
 def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any) -> None:
     """``trainer.fit``; Ctrl-C (Lightning turns it into SystemExit and ignores SIGINT afterwards) becomes
     :class:`RunInterrupted`, with the SIGINT handler from before fit back."""
@@ -308,31 +363,50 @@ def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any) -> None:
     if main_thread:
         signal.signal(signal.SIGINT, ctrl_c.request)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with _stopped_by_sigterm(trainer, "fit"):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
         if not trainer.interrupted:
             raise
-        saved = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
-        last = next((path for path in saved if path and os.path.isfile(path)), None)
-        raise RunInterrupted(last) from None
+        raise RunInterrupted(_last_checkpoint(trainer)) from None
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         trainer.callbacks.remove(ctrl_c)
 
 
-def _claim_run_folder(trainer: Any, config: Any) -> None:
-    """Refuse to write into a folder that holds an earlier run (see `models.preflight.RunFolder`)."""
+def _claim_run_folder(trainer: Any, config: Any, continuing: bool) -> RunFolder:
+    """Take this run's folders (see `models.run_folder`): refuse or, with --overwrite, replace an earlier run.
+
+    The logger's run folder must lie strictly inside its save_dir; an automatic logger version folder is
+    created exclusively, so two runs started together never share one.
+    """
     checkpoint_dirs = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+    logger = trainer.logger if trainer.loggers else None
+    if logger is not None and getattr(logger, "save_dir", None) is not None:
+        version_key = "trainer.logger.init_args.version"
+        version = config.get(version_key)
+        check_run_dir_location(logger.log_dir, logger.save_dir, version_key, version)
+        if version is None and not continuing:
+            claim_version_folder(logger)
     if checkpoint_dirs:
         checkpoint_dir, key = checkpoint_dirs[0], "checkpoint.dirpath"
     elif trainer.loggers:
         checkpoint_dir, key = os.path.join(trainer.log_dir, "checkpoints"), "trainer.logger.init_args.version"
-    else:
+    elif trainer.checkpoint_callbacks:
         checkpoint_dir, key = os.path.join(trainer.default_root_dir, "checkpoints"), "trainer.default_root_dir"
+    else:
+        checkpoint_dir, key = None, "trainer.default_root_dir"
     value = config.get(key) if key != "trainer.logger.init_args.version" else getattr(trainer.logger, "version", None)
     folder = RunFolder(trainer.log_dir if trainer.loggers else None, checkpoint_dir)
     folder.claim(config.get("ckpt_path"), bool(config.get("overwrite")), key, value)
+    return folder
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down before the interpreter exits (gloo's threads abort the process otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def run(args: list[str] | dict | None = None, print_summary: bool = False) -> dict[str, Any]:
@@ -343,36 +417,50 @@ def run(args: list[str] | dict | None = None, print_summary: bool = False) -> di
     cli = CifarCLI(args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     config = cli.config
-    if not datamodule.has_val:
+    if not datamodule.has_val or trainer.limit_val_batches == 0:  # no validation: nothing to select or stop on
         _without_validation(trainer)
     if not trainer.loggers:  # trainer.logger false: LearningRateMonitor would refuse to start
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
     ckpt_path = config.get("ckpt_path")
     checkpoint = read_checkpoint(ckpt_path)  # the one read of the resume checkpoint before Lightning's own
-    check_resumable(ckpt_path, checkpoint, model)
+    check_resumable(ckpt_path, checkpoint, model, datamodule)
     if not datamodule.download:  # data and splits are read now: their errors come before any folder is written
         datamodule.setup("fit")
         check_meaningful(config, model.hparams, datamodule.image_size, datamodule.num_classes)
         check_forward(model.backbone, datamodule.image_size)
+        check_batch_statistics(model.backbone, datamodule.batch_size, len(datamodule.train_indices), trainer.world_size)
         if config.get("run_test", True):
             datamodule.setup("test")  # a missing or broken test split fails now, not after the whole fit
-    _claim_run_folder(trainer, config)
-    continue_checkpoint_dir(trainer, ckpt_path, checkpoint)
+    continuing = continue_checkpoint_dir(trainer, ckpt_path, checkpoint)
+    folder = _claim_run_folder(trainer, config, continuing)
     del checkpoint
+    try:
+        metrics = _fit_and_test(trainer, model, datamodule, ckpt_path, bool(config.get("run_test", True)))
+    except RunInterrupted as err:
+        set_status(folder.folders, "interrupted", err.phase)
+        raise
+    finally:
+        _destroy_process_group()
+    set_status(folder.folders, "finished")
+    if print_summary:
+        print_run_summary(trainer, metrics)
+    return metrics
+
+
+def _fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any, run_test: bool) -> dict[str, Any]:
     start = time.perf_counter()
     _fit(trainer, model, datamodule, ckpt_path)
     fit_time_s = time.perf_counter() - start
     fit_metrics = _scalar_metrics(trainer)
     test_results: list[dict] = []
-    if config.get("run_test", True):
+    if run_test:
         ckpt = trainer.checkpoint_callback
         use_best = datamodule.has_val and ckpt is not None and bool(ckpt.best_model_path)
         best = ckpt.best_model_path if use_best else None  # a path: "best" warns with two ModelCheckpoints
-        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
-    metrics = _final_metrics(trainer, fit_metrics, test_results, fit_time_s)
-    if print_summary:
-        print_run_summary(trainer, metrics)
-    return metrics
+        last = _last_checkpoint(trainer)  # before the test restores the callbacks' state from `best`
+        with _stopped_by_sigterm(trainer, "test", last):
+            test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+    return _final_metrics(trainer, fit_metrics, test_results, fit_time_s)
 
 
 def _one_line(err: BaseException) -> str:
@@ -401,20 +489,27 @@ def resume_command(argv: list[str], checkpoint: str) -> str:
     return shlex.join(["python", "train.py", *kept, "--ckpt_path", checkpoint])
 
 
+def _interrupted_message(err: RunInterrupted, argv: list[str]) -> str:
+    how = "" if err.signal_name == "SIGINT" else f" ({err.signal_name})"  # Ctrl-C: the plain word
+    if err.checkpoint is None:
+        return f"interrupted{how} before the first epoch finished: no checkpoint to resume from"
+    resume = resume_command(argv, err.checkpoint)
+    if err.phase == "test":
+        return (f"interrupted{how} during test: the fit finished and is saved, no test was reported; "
+                f"test it with: {resume}")
+    return f"interrupted{how}: the last finished epoch is saved; resume with: {resume}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of train.py: one-line errors and exit code 2 for user errors, 130 for Ctrl-C; no traceback."""
     torch.set_float32_matmul_precision("high")
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        run(argv, print_summary=True)
+        run(check_config_files(argv), print_summary=True)
     except USER_ERRORS as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except RunInterrupted as err:
-        if err.checkpoint:
-            print(f"interrupted: the last finished epoch is saved; resume with: {resume_command(argv, err.checkpoint)}",
-                  file=sys.stderr)
-        else:
-            print("interrupted before the first epoch finished: no checkpoint to resume from", file=sys.stderr)
-        return 130
+        print(_interrupted_message(err, argv), file=sys.stderr)
+        return err.exit_code
     return 0

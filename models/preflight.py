@@ -6,7 +6,6 @@ Every failure is one :class:`augment.checks.CheckError` line ``<key> must be <ru
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,9 +13,15 @@ from typing import Any
 
 from augment.checks import CheckError, check_bool, check_choice, check_int, check_real, is_int, is_real, require
 from augment.erasing import hole_side
-from models.resume import is_local_checkpoint
 
-__all__ = ["LOGGED_METRICS", "check_settings", "check_meaningful", "check_forward", "RunFolder"]
+__all__ = [
+    "LOGGED_METRICS",
+    "check_batch_statistics",
+    "check_config_files",
+    "check_forward",
+    "check_meaningful",
+    "check_settings",
+]
 
 # What CifarClassifier logs at epoch level (the names a ModelCheckpoint / EarlyStopping may monitor).
 LOGGED_METRICS = ("val/acc", "val/acc5", "val/loss", "train/acc", "train/acc5", "train/loss")
@@ -149,49 +154,89 @@ def check_forward(backbone: Any, image_size: tuple[int, int], channels: int = 3)
         backbone.train(was_training)
 
 
-class RunFolder:
-    """Where a run writes (log folder, checkpoint folder), and the rule that an earlier run is never replaced.
+def check_batch_statistics(backbone: Any, batch_size: int, train_size: int, world_size: int = 1) -> None:
+    """BatchNorm cannot train on a batch of one image (it has no batch statistics): refuse before fit.
 
-    A folder that already holds a run is refused unless the resumed checkpoint lies inside it (continuing
-    that run) or ``overwrite`` is set (then the earlier run's files are removed first).
+    The smallest training batch a rank sees is ``batch_size``, or the whole per-rank split when that is
+    smaller (the training loaders drop a last partial batch only when a full one exists).
     """
+    from torch import nn
 
-    def __init__(self, log_dir: str | None, checkpoint_dir: str | None) -> None:
-        self.log_dir = Path(log_dir) if log_dir else None
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
+        return
+    per_rank = -(-train_size // max(world_size, 1))
+    smallest = min(batch_size, per_rank)
+    if smallest < 2:
+        if batch_size < 2:
+            rule = ">= 2 with BatchNorm (one image per batch has no batch statistics; or set model.norm to group, "
+            rule += "layer or instance)"
+            raise CheckError("data.batch_size", rule, batch_size)
+        rule = f"a training split of >= 2 images per process with BatchNorm (this one has {train_size} for "
+        rule += f"{world_size} process(es))"
+        raise CheckError("data.val_size", rule, train_size)
 
-    def _holds_run(self) -> list[Path]:
-        held = []
-        if self.log_dir is not None and self.log_dir.is_dir() and any(self.log_dir.iterdir()):
-            held.append(self.log_dir)
-        if self.checkpoint_dir is not None and self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.glob("*.ckpt")):
-            held.append(self.checkpoint_dir)
-        return held
 
-    @staticmethod
-    def _continues(ckpt_path: Any, held: list[Path]) -> bool:
-        """Resuming the run in ``held``: a local checkpoint inside it, or Lightning's own alias / URL."""
-        if ckpt_path is None:
-            return False
-        if not is_local_checkpoint(ckpt_path):
-            return True
-        path = Path(ckpt_path).resolve()
-        return any(folder.resolve() in path.parents for folder in held)
+# Untrusted YAML: aliases may expand a small file into an enormous tree ("billion laughs").
+MAX_CONFIG_NODES = 100_000
 
-    def claim(self, ckpt_path: Any, overwrite: bool, key: str, value: Any) -> None:
-        """Refuse (CheckError naming ``key``) or clear an occupied folder; a resume of the run inside passes."""
-        held = self._holds_run()
-        if not held or self._continues(ckpt_path, held):
-            return
-        if not overwrite:
-            folder = held[0]
-            last = next(iter(sorted(folder.rglob("last.ckpt"))), None)
-            hint = f"pass --ckpt_path {last} to continue it, " if last else ""
-            rule = f"a new run folder ({folder} holds a run: {hint}or pass --overwrite true to replace it)"
-            raise CheckError(key, rule, value)
-        for folder in held:
-            if folder == self.checkpoint_dir and folder != self.log_dir:
-                for ckpt in folder.glob("*.ckpt"):
-                    ckpt.unlink()
-            else:
-                shutil.rmtree(folder)
+
+def _expanded_nodes(node: Any, memo: dict[int, int]) -> int:
+    """Nodes of the YAML tree with every alias expanded, counted without expanding it (memoised)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive alias counts once instead of looping
+        value = node.value if isinstance(node.value, list) else []
+        children = [part for item in value for part in (item if isinstance(item, tuple) else (item,))]
+        memo[key] = 1 + sum(_expanded_nodes(child, memo) for child in children)
+    return memo[key]
+
+
+def _config_paths(argv: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def check_config_files(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--config FILE`` checked (and ``~`` expanded): a YAML mapping, small once expanded.
+
+    An empty, unreadable, malformed or non-mapping file is one line naming it, before anything is parsed.
+    """
+    import os
+
+    import yaml
+
+    out = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            out[i + 1] = os.path.expanduser(argv[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + os.path.expanduser(arg.split("=", 1)[1])
+    for path in _config_paths(out):
+        file = Path(path)
+        if not file.is_file():
+            raise ValueError(f"--config must be an existing YAML file, got {path!r} (it does not exist)")
+        try:
+            text = file.read_text()
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--config {path} cannot be read: {err.__class__.__name__}: {err}") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"--config {path} is not valid YAML (error parsing config{where}: {problem})") from None
+        if node is None:
+            raise ValueError(f"--config {path} is empty: it must be a YAML mapping of settings (see configs/)")
+        if not isinstance(node, yaml.MappingNode):
+            kind = {yaml.SequenceNode: "a list", yaml.ScalarNode: "a single value"}.get(type(node), "not a mapping")
+            raise ValueError(f"--config {path} must be a YAML mapping of settings (see configs/), got {kind}")
+        if _expanded_nodes(node, {}) > MAX_CONFIG_NODES:
+            raise ValueError(
+                f"--config {path} expands to more than {MAX_CONFIG_NODES} values through YAML aliases: refused"
+            )
+    return out

@@ -119,6 +119,28 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     assert np.array_equal(images, truth["train"][0])
 
 
+@pytest.mark.parametrize("damage", ["truncate", "empty", "flip_meta_byte", "flip_image_byte"])
+def test_damaged_cache_metadata_or_pixels_are_rebuilt_not_trusted(tmp_path, damage):
+    truth = _write_tree(tmp_path)
+    load_dataset("imagefolder", tmp_path, "train")
+    (meta,) = (tmp_path / CACHE_DIRNAME).glob("*-train-*.meta.npz")
+    (pixels,) = (tmp_path / CACHE_DIRNAME).glob("*-train-*.images.npy")
+    target = pixels if damage == "flip_image_byte" else meta
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "empty":
+        data = bytearray()
+    else:
+        data[-len(data) // 3] ^= 0xFF  # inside the stored arrays, past the headers
+    target.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="dataset cache .*decoding the data again"):
+        images, labels, _ = load_dataset("imagefolder", tmp_path, "train")
+    assert np.array_equal(images, truth["train"][0]) and np.array_equal(labels, truth["train"][1])
+    again, _, _ = load_dataset("imagefolder", tmp_path, "train")  # rebuilt: read from the cache, no warning
+    assert np.array_equal(again, truth["train"][0])
+
+
 def test_mixed_image_sizes_name_the_file(tmp_path):
     _write_tree(tmp_path, splits=("train",))
     Image.fromarray(np.zeros((7, 7, 3), np.uint8)).save(tmp_path / "train/bee/odd.png")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,7 +49,7 @@ DATASETS = ("cifar10", "cifar100", "imagefolder")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 CACHE_DIRNAME = ".cifar_aug_cache"
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: the metadata holds a CRC-32 of the images
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR100_CLASSES = tuple(
@@ -238,11 +240,13 @@ def _read_cache(paths: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray, list[
         with np.load(meta_path, allow_pickle=False) as z:
             extra = {k: tuple(float(v) for v in z[k]) for k in ("mean", "std") if k in z}
             labels, classes = z["labels"], [str(c) for c in z["class_names"]]
-    except (OSError, ValueError, KeyError) as err:  # truncated or foreign file: rebuild it
-        warnings.warn(f"ignoring unreadable dataset cache {images_path}: {err}", stacklevel=3)
+            crc = int(z["images_crc32"])
+    # Truncated, emptied, bit-flipped or foreign files: rebuild (the .npz members are CRC-checked on read).
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        warnings.warn(f"ignoring unreadable dataset cache {images_path}: {err}; decoding the data again", stacklevel=3)
         return None
-    if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
-        warnings.warn(f"ignoring inconsistent dataset cache {images_path}", stacklevel=3)
+    if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels) or _crc32(images) != crc:
+        warnings.warn(f"ignoring inconsistent dataset cache {images_path}; decoding the data again", stacklevel=3)
         return None
     return images, labels, classes, extra
 
@@ -258,9 +262,15 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_meta(path: Path, labels: np.ndarray, class_names: Sequence[str], extra: dict) -> None:
+def _crc32(images: np.ndarray) -> int:
+    """Checksum of the cached pixels (a plain .npy is not checked on read; a flipped byte must not pass)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(images)).cast("B"))
+
+
+def _write_meta(path: Path, labels: np.ndarray, class_names: Sequence[str], extra: dict, crc: int) -> None:
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in extra.items()}
-    _atomic_write(path, lambda f: np.savez(f, labels=labels, class_names=np.asarray(class_names, dtype=str), **arrays))
+    names = np.asarray(class_names, dtype=str)
+    _atomic_write(path, lambda f: np.savez(f, labels=labels, class_names=names, images_crc32=np.int64(crc), **arrays))
 
 
 def _write_cache(
@@ -271,7 +281,7 @@ def _write_cache(
     try:
         images_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(images_path, lambda f: np.save(f, images, allow_pickle=False))
-        _write_meta(meta_path, labels, class_names, extra)
+        _write_meta(meta_path, labels, class_names, extra, _crc32(images))
     except OSError as err:
         warnings.warn(f"could not write dataset cache {images_path} ({err}); the next load decodes again", stacklevel=3)
         return
@@ -404,7 +414,7 @@ def dataset_stats(
     mean, std = channel_stats(images)
     if paths:  # remember them next to the cached arrays
         try:
-            _write_meta(paths[1], labels, classes, {"mean": mean, "std": std})
+            _write_meta(paths[1], labels, classes, {"mean": mean, "std": std}, _crc32(images))
         except OSError:
             pass
     return mean, std

@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from augment.checks import check_bool, check_choice, check_int, check_real, field_prefix
+from models.resume import load_checkpoint_file
 from models.sharpness import HPARAM_METRICS, WEIGHTS, SharpnessResult, measure_sharpness, training_subset
 
 __all__ = ["Sharpness"]
@@ -117,7 +118,7 @@ class Sharpness(pl.Callback):
         if not path or not Path(path).is_file():
             yield "last"
             return
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint_file(path, key="sharpness: best checkpoint", mmap=False)["state_dict"]
         best = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best)
