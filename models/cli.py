@@ -42,6 +42,7 @@ from models.callbacks import (
     TrainingSpeedMonitor,
     TrainValLayout,
 )
+from models.callbacks.oof import HeldOutPredictions
 from models.callbacks.sharpness import Sharpness
 from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
@@ -134,6 +135,7 @@ def _trainer_defaults() -> dict[str, Any]:
             ConfusionMatrixLogger(),
             NonFiniteLossGuard(check_every_n_steps=50),  # one host sync per 50 steps, exact step still named
             HparamsWithFinalMetrics(),
+            HeldOutPredictions(),  # k-fold runs: oof.csv of the held-out fold
             LastCheckpoint(),
         ],
         "max_epochs": 30,
@@ -504,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of train.py: one-line errors and exit code 2 for user errors, 130 for Ctrl-C; no traceback."""
     torch.set_float32_matmul_precision("high")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("predict", "export"):  # the other commands: plain argparse (models.commands)
+        from models.commands import main as command_main
+
+        return command_main(argv)
     try:
         run(check_config_files(argv), print_summary=True)
     except USER_ERRORS as err:

@@ -32,6 +32,7 @@ from models.callbacks.confusion import (
 from models.callbacks.guards import NonFiniteLossGuard
 from models.callbacks.hparams import HparamsWithFinalMetrics, applicable_hparams, flatten_hparams, readable_hparams
 from models.callbacks.images import AugmentedImageGrid, augmented_batch_figure, denormalize_for_display, mix_labels
+from models.callbacks.oof import HeldOutPredictions
 from models.callbacks.progress import FitProgress, format_duration
 from models.callbacks.scalars import LearningRateLogger, StepAxis, TrainValLayout, collapse_shared_lr
 from models.callbacks.speed import TrainingSpeedMonitor, cuda_peak_memory_gib
@@ -49,6 +50,7 @@ __all__ = [
     "TrainValLayout",
     "TrainingSpeedMonitor",
     "FitProgress",
+    "HeldOutPredictions",
     "MAX_ANNOTATED_CLASSES",
     "applicable_hparams",
     "augmented_batch_figure",
