@@ -141,7 +141,9 @@ def test_study_specific_content() -> None:
     assert {v.overrides["model.optimizer.name"] for v in opt.variants} == {
         "sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"
     }  # fmt: skip
-    assert all(len(v.lr_grid) >= 3 for v in opt.variants)
+    for v in opt.variants:  # the LR sweep is an Optuna search over a log-uniform range around the prior LR
+        kind, (low, high) = v.search["model.optimizer.lr"]
+        assert kind == "loguniform" and low < v.overrides["model.optimizer.lr"] < high and high / low >= 8
     norms = load_study(REPO_ROOT / "configs/studies/norms.yaml")
     lrs = {v.name: merged_overrides(norms, v, "short")["model.optimizer.lr"] for v in norms.variants}
     assert lrs["group_b8"] == pytest.approx(0.2 * 8 / 512) and lrs["batch_b128"] == pytest.approx(0.05)

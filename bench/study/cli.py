@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override for every run")  # fmt: skip
     p.add_argument("--lr-sweep", action="store_true",
                    help="fit each variant's lr_grid, pick LRs on validation accuracy")  # fmt: skip
+    p.add_argument("--sweep", action="store_true",
+                   help="search each variant's `search` space (Optuna TPE, ASHA); write the best config as an overlay")
+    p.add_argument("--num-samples", type=int, help="trials per variant in --sweep (default: study.sweep.num_samples)")
     p.add_argument("--use-swept-lr", metavar="SWEEP_SCALE", help="use the LRs chosen by the sweep run at this scale")
     p.add_argument("--check", action="store_true", help="parse every variant's config, print the args, fit nothing")
     p.add_argument("--threads", type=int, help="torch CPU threads in each trial (default: the trial's CPUs)")
@@ -102,6 +105,12 @@ def _main(opts: argparse.Namespace) -> int:
         for name, problem in problems.items():
             print(f"{name}: {'ok' if not problem else problem}")
         return 2 if any(problems.values()) else 0
+    if opts.sweep:
+        from bench.study.sweep import sweep
+
+        for name, path in sweep(study, opts.scale, out, only, extra, options, opts.num_samples).items():
+            print(f"{name}: {path}")
+        return 0
     if opts.lr_sweep:
         chosen = lr_sweep(study, opts.scale, out, opts.seeds, only, extra, options=options)
         for name, lr in chosen.items():

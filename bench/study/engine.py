@@ -93,6 +93,8 @@ def _runtime_env(ray_logs: bool) -> dict[str, Any]:
 def ray_session(options: EngineOptions) -> Iterator[Any]:
     """Ray for the study: reused if running in this process, else joined (`address`) or started embedded."""
     ray = import_ray()
+    if options.address and options.address != "auto":
+        _check_address(options.address)
     if ray.is_initialized():
         yield ray
         return
@@ -101,8 +103,6 @@ def ray_session(options: EngineOptions) -> Iterator[Any]:
     quiet = dict(log_to_driver=options.ray_logs, logging_level=logging.INFO if options.ray_logs else logging.ERROR)
     temp_dir = None
     if options.address:
-        if options.address != "auto":
-            _check_address(options.address)
         try:
             ray.init(address=options.address, runtime_env=_runtime_env(options.ray_logs), **quiet)
         except ConnectionError as err:
@@ -175,37 +175,45 @@ class _Progress:
               f"{elapsed:.0f} s elapsed, ETA {eta}", flush=True)  # fmt: skip
 
 
-def _tune_callback(progress: _Progress) -> Any:
+def _tune_callback(progress: _Progress, describe: Callable[[Any], tuple[dict, Any]] | None = None) -> Any:
+    """The driver's Tune callback; `describe(trial)` -> (identity record, log dir) for sweep trials."""
     from ray import tune
 
     class StudyCallback(tune.Callback):
         def __init__(self) -> None:
             self.started: dict[str, float] = {}
+            self.order: dict[str, int] = {}
+
+        def _trial(self, trial: Any) -> tuple[int, dict, str]:
+            if "run" in trial.config:
+                spec = trial.config["run"]
+                return spec["index"], spec["record"], spec["log_dir"]
+            index = self.order.setdefault(trial.trial_id, len(self.order))
+            record, log_dir = describe(trial) if describe else ({}, "")
+            return index, record, str(log_dir)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.started[trial.trial_id] = time.perf_counter()
-            progress.trial_start(trial.config["run"]["index"])
+            progress.trial_start(self._trial(trial)[0])
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             if "record" in result:
                 seconds = time.perf_counter() - self.started.get(trial.trial_id, progress.start)
-                progress.trial_record(trial.config["run"]["index"], json.loads(result["record"]), seconds)
+                progress.trial_record(self._trial(trial)[0], json.loads(result["record"]), seconds)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            spec = trial.config["run"]
-            if spec["index"] not in progress.done:  # stopped by the scheduler before its final report
+            index, identity, log_dir = self._trial(trial)
+            if index not in progress.done:  # stopped by the scheduler before its final report
                 last = trial.last_result or {}
-                record = {**spec["record"], "status": "stopped", "log_dir": spec["log_dir"],
-                          "val_acc": last.get("val_acc_best", last.get("val_acc")), "epochs": last.get("epoch"),
-                          "message": "stopped early by ASHA"}  # fmt: skip
-                progress.trial_record(spec["index"], record)
+                record = {**identity, "status": "stopped", "log_dir": log_dir, "val_acc": last.get("val_acc"),
+                          "epochs": last.get("epoch"), "message": "stopped early by ASHA"}  # fmt: skip
+                progress.trial_record(index, record)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            spec = trial.config["run"]
-            err = getattr(trial, "error_msg", None) or "the trial's worker failed"
-            message = str(err).strip().splitlines()[-1] if str(err).strip() else "the trial's worker failed"
-            record = {**spec["record"], "status": "error", "log_dir": spec["log_dir"], "message": message[:500]}
-            progress.trial_record(spec["index"], record)
+            index, identity, log_dir = self._trial(trial)
+            err = str(getattr(trial, "error_msg", None) or "").strip()
+            message = err.splitlines()[-1] if err else "the trial's worker failed"
+            progress.trial_record(index, {**identity, "status": "error", "log_dir": log_dir, "message": message[:500]})
 
     return StudyCallback()
 
@@ -232,6 +240,7 @@ def run_trials(
         labels = [s["label"] for s in specs]
         storage = Path(options.storage_path or Path(specs[0]["log_dir"]).parent).resolve()
         concurrency = options.max_concurrent
+        describe = search.get("describe") if search else None
         if search is None:
             total = len(specs)
             param_space: dict[str, Any] = {"run": tune.grid_search(specs)}
@@ -260,7 +269,7 @@ def run_trials(
                 name=name,
                 storage_path=str(storage),
                 verbose=0,
-                callbacks=[_tune_callback(progress)],
+                callbacks=[_tune_callback(progress, describe)],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 log_to_file=True,
             ),

@@ -19,8 +19,10 @@ from augment.checks import CheckError, check_choice, is_int, is_real, require
 __all__ = ["REPO_ROOT", "Variant", "Study", "load_study", "format_value"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STUDY_KEYS = {"name", "description", "base", "seeds", "scales", "overrides", "linear_lr", "report", "variants"}
-VARIANT_KEYS = {"name", "group", "configs", "overrides", "scales", "grid", "lr_grid", "seed_keys", "note"}
+STUDY_KEYS = {"name", "description", "base", "seeds", "scales", "overrides", "linear_lr", "report", "variants", "sweep"}
+VARIANT_KEYS = {"name", "group", "configs", "overrides", "scales", "grid", "lr_grid", "seed_keys", "note", "search"}
+SEARCH_KINDS = ("loguniform", "uniform", "int", "choice")
+SWEEP_DEFAULTS = {"num_samples": 8, "grace_period": 1, "reduction_factor": 2, "max_t": 1000, "seed": 0}
 REPORT_KEYS = {"primary", "gap", "ensemble"}
 PRIMARY_METRICS = ("test_acc", "val_acc")
 
@@ -36,6 +38,7 @@ class Variant:
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     lr_grid: tuple[float, ...] = ()
     seed_keys: tuple[str, ...] = ()
+    search: dict[str, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)  # {key: (kind, values)}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Study:
     gap: bool = False
     ensemble: bool = False
     description: str = ""
+    sweep: dict[str, int] = field(default_factory=lambda: dict(SWEEP_DEFAULTS))
 
     def variant(self, name: str) -> Variant:
         """The variant called `name`, else ValueError listing the names."""
@@ -178,7 +182,49 @@ def _variant(raw: Mapping[str, Any], where: str) -> Variant:
         overrides=_overrides(f"{where}.overrides", raw.get("overrides")),
         scales=_scale_map(f"{where}.scales", raw.get("scales")),
         lr_grid=tuple(float(x) for x in lr_grid),
+        search=_search(f"{where}.search", raw.get("search")),
     )
+
+
+def _distribution(where: str, value: Any) -> tuple[str, tuple[Any, ...]]:
+    """`{loguniform: [low, high]}` / `{uniform: [low, high]}` / `{int: [low, high]}` / `{choice: [a, b, ...]}`."""
+    rule = f"{{kind: [...]}} with kind one of {', '.join(SEARCH_KINDS)}"
+    ok = isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SEARCH_KINDS
+    require(ok, where, rule, value)
+    kind, values = next(iter(value.items()))
+    if kind == "choice":
+        require(isinstance(values, list) and bool(values), f"{where}.choice", "a non-empty list", values)
+        return kind, tuple(values)
+    number = is_int if kind == "int" else is_real
+    ok = isinstance(values, list) and len(values) == 2 and all(number(v) for v in values)
+    require(ok, f"{where}.{kind}", f"[low, high] of {'ints' if kind == 'int' else 'numbers'}", values)
+    low, high = values
+    if kind == "int":
+        require(low <= high, f"{where}.int", "[low, high] with low <= high", values)
+    elif kind == "uniform":
+        require(low < high, f"{where}.uniform", "[low, high] with low < high", values)
+    else:
+        require(0 < low < high, f"{where}.loguniform", "[low, high] with 0 < low < high", values)
+    return kind, (low, high)
+
+
+def _search(where: str, value: Any) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    if value is None:
+        return {}
+    ok = isinstance(value, dict) and bool(value) and all(isinstance(k, str) and k for k in value)
+    require(ok, where, "a mapping of dotted config keys to distributions", value)
+    return {k: _distribution(f"{where}.{k}", v) for k, v in value.items()}
+
+
+def _sweep_settings(value: Any) -> dict[str, int]:
+    if value is None:
+        return dict(SWEEP_DEFAULTS)
+    require(isinstance(value, dict), "study.sweep", "a mapping", value)
+    _check_keys("study.sweep", value, set(SWEEP_DEFAULTS))
+    settings = {**SWEEP_DEFAULTS, **value}
+    for key, low in (("num_samples", 1), ("grace_period", 1), ("reduction_factor", 2), ("max_t", 1), ("seed", 0)):
+        require(is_int(settings[key]) and settings[key] >= low, f"study.sweep.{key}", f"an int >= {low}", settings[key])
+    return settings
 
 
 def _linear_lr(value: Any) -> tuple[float, int] | None:
@@ -245,4 +291,5 @@ def load_study(path: str | Path) -> Study:
         gap=bool(report.get("gap", False)),
         ensemble=bool(report.get("ensemble", False)),
         description=str(raw.get("description", "")).strip(),
+        sweep=_sweep_settings(raw.get("sweep")),
     )

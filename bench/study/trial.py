@@ -1,8 +1,9 @@
 """One study run as a Ray Tune trial: the function a Ray worker runs, its per-epoch report and its record file.
 
-`study_trial(config)` fits one planned run (`config["run"]`, a `TrialSpec` as a dict) with `models.cli.run`,
-reporting `val_acc` after every validation epoch through `ray.tune.report` (`ReportEpoch`, passed as a
-`trainer.callbacks` entry of the run's own arguments), and ends with one report holding the run's record.
+`study_trial(config)` fits one planned run (`config["run"]`, a spec dict the runner builds) with
+`models.cli.run`, reporting `val_acc` after every validation epoch through `ray.tune.report`
+(`bench.study.tune_report.ReportEpoch`, passed as a `trainer.callbacks` entry of the run's own arguments),
+and ends with one report holding the run's record.
 The record is also written to `<log_dir>/record.json` (atomically) before that report, so a record
 survives a driver that dies right after the fit. A run folder whose `<log_dir>.trial.json` holds the same
 arguments, with a `checkpoints/last.ckpt` and no record, is continued from that checkpoint (`--ckpt_path`:
@@ -23,35 +24,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-
 from augment.checks import CheckError
 from bench.study.records import metric_fields
 
-__all__ = ["RECORD_FILE", "REPORT_CALLBACK", "RunFn", "ReportEpoch", "study_trial", "read_record", "error_line",
+__all__ = ["RECORD_FILE", "REPORT_CALLBACK", "RunFn", "study_trial", "read_record", "error_line",
            "Tee"]  # fmt: skip
 
 RunFn = Callable[[list[str]], Mapping[str, Any]]
 RECORD_FILE = "record.json"
-REPORT_CALLBACK = "bench.study.trial.ReportEpoch"
-
-
-class ReportEpoch(pl.Callback):
-    """Reports `val_acc` (and `epoch`) to Ray Tune after each validation epoch of the fit (not the sanity check).
-
-    Outside a Tune session it does nothing, so a config holding it still runs with `train.py`.
-    """
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
-            return
-        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-
-        if not _in_tune_session():
-            return
-        from ray import tune
-
-        tune.report({"val_acc": float(trainer.callback_metrics["val/acc"]), "epoch": trainer.current_epoch + 1})
+REPORT_CALLBACK = "bench.study.tune_report.ReportEpoch"
 
 
 def error_line(err: BaseException, stderr_tail: str = "") -> str:
@@ -182,10 +163,8 @@ def study_trial(config: Mapping[str, Any], run_fn: RunFn | None = None) -> None:
     torch.set_float32_matmul_precision("high")
     log_dir = Path(spec["log_dir"])
     row = dict(spec["record"])
-    args = list(spec["args"])
-    if run_fn is None:
-        run_fn = _default_run_fn()
-        args += ["--trainer.callbacks", json.dumps([{"class_path": REPORT_CALLBACK}])]
+    args = [*spec["args"], "--trainer.callbacks", json.dumps([{"class_path": REPORT_CALLBACK}])]
+    run_fn = run_fn or _default_run_fn()
     resume = _prepare_folder(log_dir, args)
     metrics, message = _call(run_fn, args + (["--ckpt_path", resume] if resume else []))
     if metrics is None:
