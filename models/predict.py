@@ -15,8 +15,9 @@ members and test-time views.
 from __future__ import annotations
 
 import inspect
-import sys
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,20 @@ def checkpoint_facts(checkpoint: dict[str, Any], path: Path | str) -> dict[str, 
     return facts
 
 
+@contextmanager
+def _quiet_info() -> Iterator[None]:
+    """Lightning's rank-zero info lines (the classifier names its backbone adaptation) held back."""
+    from lightning_utilities.core import rank_zero
+
+    logger = rank_zero.log
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _classifier(checkpoint: dict[str, Any], path: Path) -> nn.Module:
     """The CifarClassifier of a checkpoint's hyperparameters with its weights (never compiled, never downloads)."""
     from models.classifier import CifarClassifier
@@ -208,7 +223,8 @@ def _classifier(checkpoint: dict[str, Any], path: Path) -> nn.Module:
     accepted = set(inspect.signature(CifarClassifier.__init__).parameters) - {"self"}
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     kwargs.update(compile=False, pretrained=False)
-    model = CifarClassifier(**kwargs)
+    with _quiet_info():
+        model = CifarClassifier(**kwargs)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as err:
@@ -322,8 +338,3 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise CheckError("--device", "one of auto, cpu, cuda", device)
     return torch.device(device)
-
-
-def print_line(text: str) -> None:
-    """A status line on stderr (stdout stays clean for piping)."""
-    print(text, file=sys.stderr, flush=True)
