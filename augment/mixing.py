@@ -25,18 +25,24 @@ lambda on Mixup rows and 0 inside / 1 outside the box on CutMix rows, and the ou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
-from .checks import check_bool, check_choice, check_int, check_probability, check_real
+from .checks import check_bool, check_choice, check_int, check_probability, check_real, is_real, require
 from .targets import to_soft
 
 __all__ = [
     "Box",
+    "BatchDraw",
+    "SampleDraw",
     "sample_beta",
     "centered_boxes",
     "cutmix_box",
     "box_area",
+    "check_minmax",
+    "minmax_boxes",
     "box_indicators",
     "box_weight",
     "gather_rows",
@@ -107,6 +113,28 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., 1] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 2])
 
 
+def check_minmax(field: str, value: Sequence[float] | None) -> tuple[float, float] | None:
+    """None, or ``(low, high)`` fractions of the image side with 0 <= low < high <= 1."""
+    if value is None:
+        return None
+    ok = isinstance(value, Sequence) and len(value) == 2 and all(is_real(v) for v in value)
+    require(ok and 0.0 <= value[0] < value[1] <= 1.0, field, "null or (low, high) with 0 <= low < high <= 1", value)
+    return float(value[0]), float(value[1])
+
+
+def minmax_boxes(u: torch.Tensor, minmax: tuple[float, float], height: int, width: int) -> torch.Tensor:
+    """Boxes ``(..., 4)`` inside the image from uniform draws ``u: (4, ...)`` in [0, 1) (timm's
+    ``rand_bbox_minmax``): sides uniform ints in ``[int(low * side), int(high * side))`` (at least the low
+    one), then a position uniform over the places where the box fits."""
+    low, high = minmax
+    lo_h, lo_w = int(height * low), int(width * low)
+    cut_h = lo_h + (u[0] * max(int(height * high) - lo_h, 1)).long()
+    cut_w = lo_w + (u[1] * max(int(width * high) - lo_w, 1)).long()
+    y0 = (u[2] * (height - cut_h + 1)).long()
+    x0 = (u[3] * (width - cut_w + 1)).long()
+    return torch.stack([y0, y0 + cut_h, x0, x0 + cut_w], dim=-1)
+
+
 def mix_targets(y_soft: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """``lam * y_soft + (1 - lam) * y_soft[perm]``; ``lam`` is a float or ``(B,)``; rows keep summing to 1."""
     partner = y_soft.index_select(0, perm)
@@ -175,6 +203,30 @@ def cutmix_batch(
     return out, mix_targets(y_soft, lam, perm)
 
 
+class BatchDraw(NamedTuple):
+    """One draw for a whole batch: ``mixed`` False leaves the batch as it is; ``box`` None means Mixup.
+
+    ``lam``: Beta draw (Mixup's image weight; CutMix's target weight when ``correct_lam`` is off);
+    ``perm``: partner index ``(B,)`` on ``x``'s device.
+    """
+
+    mixed: bool
+    lam: float
+    box: Box | None
+    perm: torch.Tensor
+
+
+class SampleDraw(NamedTuple):
+    """One draw per sample: ``boxes (B, 4)`` long pasted from the partner (empty on Mixup and unmixed rows),
+    ``pixel_lam (B,)`` the weight of ``x`` outside the box, ``target_lam (B,)`` the weight of ``y``, ``perm (B,)``.
+    """
+
+    boxes: torch.Tensor
+    pixel_lam: torch.Tensor
+    target_lam: torch.Tensor
+    perm: torch.Tensor
+
+
 class MixupCutMix:
     """Mixup or CutMix chosen per batch or per sample; callable ``(x, y) -> (x_mixed, soft targets (B, K))``.
 
@@ -187,10 +239,19 @@ class MixupCutMix:
         label_smoothing: smoothing of the targets before mixing (int labels and soft targets alike).
         num_classes: needed for int labels ``y: (B,)``.
         pairing: "roll", "flip" or "random" partner choice (see module docstring).
-        validate: label range check: True always, False never, None only for CPU labels (no sync).
+        validate: label range check: True always, False never, None only for CPU labels (no sync);
+            skipped while ``torch.compile`` traces the call.
         generator: source of all randomness.
+        cutmix_minmax: None, or ``(low, high)`` fractions of the image side: CutMix boxes then get sides
+            uniform in ``[int(low * H), int(high * H))`` (and W) and lie inside the image, lambda ignored for
+            the box and the target weight always the exact kept-pixel fraction (timm's ``cutmix_minmax``).
 
-    Per-batch mode returns ``x`` itself (not a copy) when the batch is not mixed; otherwise a new tensor.
+    Drawing is apart from applying: ``sample(batch, height, width, device)`` gives a :class:`BatchDraw` or
+    :class:`SampleDraw`, ``apply(x, y_soft, draw)`` mixes. Per-batch mode returns ``x`` itself (not a copy)
+    when the batch is not mixed; otherwise a new tensor. Under ``torch.compile`` per-batch mode draws the
+    same numbers as tensors (no Python number is read, so the graph does not break) and mixes them
+    through the per-sample blend, with the same result; dynamo cannot trace a ``torch.Generator``, so
+    compiled ops take ``generator=None`` (torch's global generator, ``torch.manual_seed``).
     """
 
     mixes = True
@@ -208,6 +269,7 @@ class MixupCutMix:
         pairing: str = "roll",
         validate: bool | None = None,
         generator: torch.Generator | None = None,
+        cutmix_minmax: Sequence[float] | None = None,
     ) -> None:
         self.mixup_alpha = check_real("mixup_alpha", mixup_alpha, low=0)
         self.cutmix_alpha = check_real("cutmix_alpha", cutmix_alpha, low=0)
@@ -221,17 +283,19 @@ class MixupCutMix:
         check_choice("pairing", pairing, PAIRINGS)
         self.per_sample = check_bool("per_sample", per_sample)
         self.correct_lam = check_bool("correct_lam", correct_lam)
+        self.cutmix_minmax = check_minmax("cutmix_minmax", cutmix_minmax)
         self.num_classes = num_classes
         self.pairing = pairing
         self.validate = validate
         self.generator = generator
 
     def __repr__(self) -> str:
+        minmax = "" if self.cutmix_minmax is None else f", cutmix_minmax={self.cutmix_minmax}"
         return (
             f"{type(self).__name__}(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
             f"switch_prob={self.switch_prob}, prob={self.prob}, per_sample={self.per_sample}, "
             f"correct_lam={self.correct_lam}, label_smoothing={self.label_smoothing}, "
-            f"num_classes={self.num_classes}, pairing={self.pairing!r})"
+            f"num_classes={self.num_classes}, pairing={self.pairing!r}{minmax})"
         )
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,9 +306,34 @@ class MixupCutMix:
         y_soft = to_soft(y, self.num_classes, self.label_smoothing, validate=self.validate)
         if x.shape[0] == 0:
             return x, y_soft
+        return self.apply(x, y_soft, self.sample(x.shape[0], x.shape[2], x.shape[3], x.device, x.dtype))
+
+    def sample(
+        self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> BatchDraw | SampleDraw:
+        """The draws for ``batch`` images of ``height x width`` that live on ``device`` with ``dtype``
+        (per-sample Mixup weights are rounded to ``dtype``, so the targets match the pixels)."""
         if self.per_sample:
-            return self._mix_per_sample(x, y_soft)
-        return self._mix_per_batch(x, y_soft)
+            return self._sample_per_sample(batch, height, width, device, dtype)
+        if torch.compiler.is_compiling():
+            return self._sample_per_batch_as_tensors(batch, height, width, device, dtype)
+        return self._sample_per_batch(batch, height, width, device)
+
+    def apply(
+        self, x: torch.Tensor, y_soft: torch.Tensor, draw: BatchDraw | SampleDraw
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix ``x: (B, C, H, W)`` and soft targets ``y_soft: (B, K)`` by ``draw`` (from :meth:`sample`)."""
+        if isinstance(draw, SampleDraw):
+            # One small copy to x's device for all per-sample parameters.
+            params = torch.cat([draw.boxes.to(torch.float64), draw.pixel_lam[:, None], draw.target_lam[:, None]], 1)
+            params = to_device(params.float(), x.device)
+            return _blend(x, y_soft, params[:, :4], params[:, 4], params[:, 5], draw.perm)
+        if not draw.mixed:
+            return x, y_soft
+        if draw.box is None:
+            return mixup_batch(x, y_soft, draw.lam, draw.perm)
+        exact = self.correct_lam or self.cutmix_minmax is not None
+        return cutmix_batch(x, y_soft, draw.box, draw.perm, None if exact else draw.lam)
 
     def _param_device(self, fallback: torch.device) -> torch.device:
         return self.generator.device if self.generator is not None else fallback
@@ -256,47 +345,83 @@ class MixupCutMix:
             return torch.zeros_like(switch_draw, dtype=torch.bool)
         return switch_draw < self.switch_prob
 
-    def _mix_per_batch(self, x: torch.Tensor, y_soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gen, device = self.generator, self._param_device(torch.device("cpu"))
-        height, width = x.shape[-2:]
-        apply_draw, switch_draw = torch.rand(2, generator=gen, device=device).tolist()
-        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or switch_draw < self.switch_prob)
-        lam = float(sample_beta(self.cutmix_alpha if use_cutmix else self.mixup_alpha, 1, gen, device))
-        center = int(torch.randint(0, height * width, (1,), generator=gen, device=device))
-        perm = pair_permutation(x.shape[0], self.pairing, gen, x.device)
-        if not apply_draw < self.prob or lam == 1.0:
-            return x, y_soft
-        if not use_cutmix:
-            return mixup_batch(x, y_soft, lam, perm)
-        box = cutmix_box(lam, *divmod(center, width), height, width)
-        return cutmix_batch(x, y_soft, box, perm, None if self.correct_lam else lam)
+    def boxes(self, lam: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """CutMix boxes ``(N, 4)`` for lambdas and centers ``(N,)``: sides ``floor(sqrt(1 - lam) * (H, W))``
+        around the center, clipped (timm's ``rand_bbox``). A subclass may use another rule."""
+        ratio = torch.sqrt(1.0 - lam)
+        cut_h, cut_w = torch.floor(height * ratio).long(), torch.floor(width * ratio).long()
+        return centered_boxes(cy, cx, cut_h, cut_w, height, width)
 
-    def _mix_per_sample(self, x: torch.Tensor, y_soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gen, device = self.generator, self._param_device(x.device)
-        batch, (height, width) = x.shape[0], x.shape[-2:]
-        apply_draw, switch_draw = torch.rand(2, batch, generator=gen, device=device, dtype=torch.float64)
+    def _draw_boxes(self, lam: torch.Tensor, size: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """``size`` CutMix boxes ``(size, 4)`` for lambdas ``lam (size,)``: a center each, or minmax sides."""
+        gen = self.generator
+        if self.cutmix_minmax is None:
+            center = torch.randint(0, height * width, (size,), generator=gen, device=device)
+            return self.boxes(lam, center // width, center % width, height, width)
+        u = torch.rand(4, size, generator=gen, device=device, dtype=torch.float64)
+        return minmax_boxes(u, self.cutmix_minmax, height, width)
+
+    def _sample_per_batch(self, batch: int, height: int, width: int, device: torch.device) -> BatchDraw:
+        gen, draw_device = self.generator, self._param_device(torch.device("cpu"))
+        apply_draw, switch_draw = torch.rand(2, generator=gen, device=draw_device).tolist()
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or switch_draw < self.switch_prob)
+        lam_t = sample_beta(self.cutmix_alpha if use_cutmix else self.mixup_alpha, 1, gen, draw_device)
+        box = self._draw_boxes(lam_t, 1, height, width, draw_device)[0].tolist()
+        perm = pair_permutation(batch, self.pairing, gen, device)
+        lam = float(lam_t)
+        return BatchDraw(apply_draw < self.prob and lam != 1.0, lam, tuple(box) if use_cutmix else None, perm)
+
+    def _sample_per_batch_as_tensors(
+        self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> SampleDraw:
+        """The per-batch draws of :meth:`_sample_per_batch`, in the same order, kept as tensors (for compile)."""
+        gen, draw_device = self.generator, self._param_device(torch.device("cpu"))
+        apply_draw, switch_draw = torch.rand(2, generator=gen, device=draw_device)
+        use_cutmix = self._uses_cutmix(switch_draw.view(1))
+        f64 = dict(dtype=torch.float64, device=draw_device)
+        alpha = torch.where(use_cutmix, torch.tensor(self.cutmix_alpha, **f64), torch.tensor(self.mixup_alpha, **f64))
+        lam = sample_beta(alpha, 1, gen)
+        boxes = self._draw_boxes(lam, 1, height, width, draw_device)
+        perm = pair_permutation(batch, self.pairing, gen, device)
+        mixed = ((apply_draw < self.prob) & (lam != 1.0)).expand(batch)
+        shared = (use_cutmix.expand(batch), lam.expand(batch), boxes.expand(batch, 4))
+        return self._per_sample_draw(mixed, *shared, perm, height, width, dtype)
+
+    def _sample_per_sample(
+        self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> SampleDraw:
+        gen, draw_device = self.generator, self._param_device(device)
+        apply_draw, switch_draw = torch.rand(2, batch, generator=gen, device=draw_device, dtype=torch.float64)
         apply = apply_draw < self.prob
         cut_rows = self._uses_cutmix(switch_draw)
         # One Beta draw per sample with that sample's alpha (an off op's alpha 0 is never used).
         alphas = torch.where(cut_rows, self.cutmix_alpha or 1.0, self.mixup_alpha or 1.0)
         lam = sample_beta(alphas, batch, gen)
-        center = torch.randint(0, height * width, (batch,), generator=gen, device=device)
-        perm = pair_permutation(batch, self.pairing, gen, x.device)
+        boxes = self._draw_boxes(lam, batch, height, width, draw_device)
+        perm = pair_permutation(batch, self.pairing, gen, device)
+        return self._per_sample_draw(apply, cut_rows, lam, boxes, perm, height, width, dtype)
 
-        cut_rows &= apply
+    def _per_sample_draw(
+        self,
+        apply: torch.Tensor,
+        cut_rows: torch.Tensor,
+        lam: torch.Tensor,
+        boxes: torch.Tensor,
+        perm: torch.Tensor,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+    ) -> SampleDraw:
+        """Per-sample weights from the raw draws (all ``(B,)``, boxes ``(B, 4)``)."""
+        cut_rows = cut_rows & apply
         mix_rows = apply & ~cut_rows
-        ratio = torch.sqrt(1.0 - lam)
-        cut_h = torch.floor(height * ratio).long() * cut_rows
-        cut_w = torch.floor(width * ratio).long() * cut_rows
-        boxes = centered_boxes(center // width, center % width, cut_h, cut_w, height, width)
-        # Pixel weight outside the box: lambda on Mixup rows, 1 on CutMix and unmixed rows.
-        pixel_lam = torch.where(mix_rows, lam, 1.0).to(x.dtype).to(torch.float64)
+        boxes = torch.where(cut_rows[:, None], boxes, 0)
+        # Pixel weight outside the box: lambda on Mixup rows (rounded to x's dtype), 1 on CutMix and unmixed rows.
+        pixel_lam = torch.where(mix_rows, lam, 1.0).to(dtype).to(torch.float64)
         kept = 1.0 - box_area(boxes).to(torch.float64) / (height * width)
-        target_lam = torch.where(cut_rows, kept if self.correct_lam else lam, pixel_lam)
-        # One small copy to x's device for all per-sample parameters.
-        params = torch.cat([boxes.to(torch.float64), pixel_lam[:, None], target_lam[:, None]], 1).float()
-        params = to_device(params, x.device)
-        return _blend(x, y_soft, params[:, :4], params[:, 4], params[:, 5], perm)
+        exact = self.correct_lam or self.cutmix_minmax is not None
+        target_lam = torch.where(cut_rows, kept if exact else lam, pixel_lam)
+        return SampleDraw(boxes, pixel_lam, target_lam, perm)
 
 
 def gather_rows(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -364,7 +489,16 @@ class Mixup(MixupCutMix):
     ) -> None:
         check_real("alpha", alpha, low=0, low_open=True)  # alone, 0 would mean the op is off
         super().__init__(
-            alpha, 0.0, 0.0, prob, per_sample, True, label_smoothing, num_classes, pairing, validate, generator
+            mixup_alpha=alpha,
+            cutmix_alpha=0.0,
+            switch_prob=0.0,
+            prob=prob,
+            per_sample=per_sample,
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+            pairing=pairing,
+            validate=validate,
+            generator=generator,
         )
 
 
@@ -385,5 +519,15 @@ class CutMix(MixupCutMix):
     ) -> None:
         check_real("alpha", alpha, low=0, low_open=True)  # alone, 0 would mean the op is off
         super().__init__(
-            0.0, alpha, 1.0, prob, per_sample, correct_lam, label_smoothing, num_classes, pairing, validate, generator
+            mixup_alpha=0.0,
+            cutmix_alpha=alpha,
+            switch_prob=1.0,
+            prob=prob,
+            per_sample=per_sample,
+            correct_lam=correct_lam,
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+            pairing=pairing,
+            validate=validate,
+            generator=generator,
         )

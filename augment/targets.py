@@ -8,7 +8,9 @@ Label range checks need the labels' min and max as Python numbers, which is a de
 accelerator. ``to_soft(..., validate=True)`` and ``check_labels`` do that check; the batch ops call
 them with ``validate=None`` by default, which checks only labels that live on the CPU (free there)
 and skips the check on accelerators so the training hot path never syncs. Pass ``validate=True`` to
-an op to force the check on every call (debugging), ``False`` to skip it everywhere.
+an op to force the check on every call (debugging), ``False`` to skip it everywhere. While
+``torch.compile`` traces a call the range check is skipped (shapes are still checked), so compiled ops
+keep one graph.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def check_labels(y: torch.Tensor, num_classes: int | None) -> None:
     if y.ndim != 1:
         raise ValueError(f"integer labels must have shape (B,), got shape {tuple(y.shape)}")
     k = _require_num_classes(y, num_classes)
-    if y.numel() == 0:
+    if y.numel() == 0 or torch.compiler.is_compiling():  # a value read would break the compiled graph
         return
     low, high = int(y.min().item()), int(y.max().item())
     bad = low if low < 0 else high if high >= k else None

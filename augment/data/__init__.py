@@ -5,6 +5,7 @@ Unlike :mod:`augment` itself this subpackage needs numpy, Pillow, Lightning and 
 albumentations.
 """
 
+from augment.data import _requirements  # noqa: F401  (first: one ImportError line when the train extra is missing)
 from augment.data.datamodule import CIFARDataModule
 from augment.data.datasets import DATASETS, channel_stats, dataset_classes, dataset_stats, load_dataset
 from augment.data.loaders import ArrayDataset, DeviceBatchLoader
