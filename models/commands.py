@@ -251,7 +251,7 @@ def export_command(argv: Sequence[str]) -> int:
         raise CheckError("--opset", "left out with --format torchscript (it has no opset)", args.opset)
     else:
         opset = DEFAULT_OPSET
-    paths = resolve_members([args.member])
+    paths = resolve_members([args.member], field="--member")
     if len(paths) != 1:
         raise CheckError("--member", f"one run folder or checkpoint (this folder holds {len(paths)} runs)",
                          args.member)

@@ -116,11 +116,11 @@ def _run_folders_below(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def resolve_members(paths: Sequence[str | Path]) -> list[Path]:
+def resolve_members(paths: Sequence[str | Path], field: str = "--members") -> list[Path]:
     """Checkpoint files of the given members: files as given, run folders -> their selected checkpoint,
     study folders -> the selected checkpoint of every run folder below (sorted)."""
     if not paths:
-        raise CheckError("--members", "one or more run folders or checkpoint files", "nothing")
+        raise CheckError(field, "one or more run folders or checkpoint files", "nothing")
     chosen: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -128,20 +128,20 @@ def resolve_members(paths: Sequence[str | Path]) -> list[Path]:
             chosen.append(path)
             continue
         if not path.is_dir():
-            raise CheckError("--members", "existing run folders or checkpoint files", str(raw))
+            raise CheckError(field, "existing run folders or checkpoint files", str(raw))
         selected = run_checkpoint(path)
         if selected is not None:
             chosen.append(selected)
             continue
         runs = _run_folders_below(path)
         if not runs:
-            raise CheckError("--members", "a run folder, a study folder or a checkpoint file; no checkpoint below",
+            raise CheckError(field, "a run folder, a study folder or a checkpoint file; no checkpoint below",
                              str(raw))
         chosen.extend(p for p in (run_checkpoint(r) for r in runs) if p is not None)
     seen: set[Path] = set()
     for path in chosen:
         if path.resolve() in seen:
-            raise CheckError("--members", "each checkpoint once", f"{path} twice")
+            raise CheckError(field, "each checkpoint once", f"{path} twice")
         seen.add(path.resolve())
     return chosen
 
