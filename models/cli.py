@@ -377,7 +377,7 @@ def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any) -> None:
         trainer.callbacks.remove(ctrl_c)
 
 
-def _claim_run_folder(trainer: Any, config: Any, continuing: bool) -> RunFolder:
+def _claim_run_folder(trainer: Any, config: Any, continuing: bool, ckpt_step: int | None) -> RunFolder:
     """Take this run's folders (see `models.run_folder`): refuse or, with --overwrite, replace an earlier run.
 
     The logger's run folder must lie strictly inside its save_dir; an automatic logger version folder is
@@ -401,7 +401,7 @@ def _claim_run_folder(trainer: Any, config: Any, continuing: bool) -> RunFolder:
         checkpoint_dir, key = None, "trainer.default_root_dir"
     value = config.get(key) if key != "trainer.logger.init_args.version" else getattr(trainer.logger, "version", None)
     folder = RunFolder(trainer.log_dir if trainer.loggers else None, checkpoint_dir)
-    folder.claim(config.get("ckpt_path"), bool(config.get("overwrite")), key, value)
+    folder.claim(config.get("ckpt_path"), ckpt_step, bool(config.get("overwrite")), key, value)
     return folder
 
 
@@ -434,7 +434,8 @@ def run(args: list[str] | dict | None = None, print_summary: bool = False) -> di
         if config.get("run_test", True):
             datamodule.setup("test")  # a missing or broken test split fails now, not after the whole fit
     continuing = continue_checkpoint_dir(trainer, ckpt_path, checkpoint)
-    folder = _claim_run_folder(trainer, config, continuing)
+    ckpt_step = int(checkpoint.get("global_step", -1)) if checkpoint is not None else None
+    folder = _claim_run_folder(trainer, config, continuing, ckpt_step)
     del checkpoint
     try:
         metrics = _fit_and_test(trainer, model, datamodule, ckpt_path, bool(config.get("run_test", True)))

@@ -165,22 +165,27 @@ def check_resumable(ckpt_path: Any, checkpoint: Mapping[str, Any] | None, model:
 
 
 def continue_checkpoint_dir(trainer: Any, ckpt_path: Any, checkpoint: Mapping[str, Any] | None) -> bool:
-    """Continuing a run from its own ``last.ckpt``: keep saving checkpoints in that folder; True then.
+    """Continuing a run from its latest checkpoint (``last.ckpt``): keep saving checkpoints in that folder.
+
+    Returns True then.
 
     Lightning restores a ModelCheckpoint's best score and top-k only when its folder is unchanged; a
     resumed run logs to a new TensorBoard version, so without this the best checkpoint would be picked
-    among the resumed epochs only. Any other checkpoint (a best-* file, a last.ckpt moved out of its
-    run's folder) is a branch: its run is left as it is and this run writes a new folder.
+    among the resumed epochs only. Any older checkpoint (a best-* file of a finished run) or one moved
+    out of its run's folder is a branch: its run is left as it is and this run writes a new folder.
     """
     if checkpoint is None:
         return False
+    from models.run_folder import is_latest_checkpoint  # run_folder imports nothing of this module's
+
     path = Path(ckpt_path).resolve()
     folder = path.parent
     states = checkpoint.get("callbacks", {})
     dirs = {state.get("dirpath") for state in states.values() if isinstance(state, dict)}
-    if path.name != "last.ckpt" or not any(d and Path(d).resolve() == folder for d in dirs):
-        print(f"ckpt_path {ckpt_path} is not a run's own last.ckpt: this run branches from it into a new run "
-              "folder and leaves that run as it is")
+    step = int(checkpoint.get("global_step", -1))
+    if not is_latest_checkpoint(path, step) or not any(d and Path(d).resolve() == folder for d in dirs):
+        print(f"ckpt_path {ckpt_path} is not the latest checkpoint of its run: this run branches from it into a "
+              "new run folder and leaves that run as it is")
         return False
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:

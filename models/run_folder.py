@@ -2,11 +2,12 @@
 runs and the user's own files safe.
 
 - A run claims its folders before fit: the logger's version folder (strictly inside the logger's
-  ``save_dir``) and its checkpoint folder each get ``.cifar_aug_run.json`` with the run's status
+  ``save_dir``) and its checkpoint folder each get ``cifar_aug_run.json`` with the run's status
   (running / finished / interrupted) and the checkpoint files it wrote there.
-- A folder holding an earlier run is refused, unless ``ckpt_path`` is that run's own ``last.ckpt``
-  (continuing it: more epochs, or after an interruption). Any other checkpoint of an earlier run (a
-  ``best-*`` file, a ``last.ckpt`` copied elsewhere) is a branch: it needs a new folder.
+- A folder holding an earlier run is refused, unless ``ckpt_path`` is that run's latest checkpoint in
+  its own checkpoint folder (``last.ckpt``, or a newer step checkpoint: continuing it, for more epochs
+  or after an interruption). Any older checkpoint of an earlier run (a ``best-*`` file of a finished
+  run) is a branch: it needs a new folder.
 - ``--overwrite true`` replaces only what the marker vouches for: the marked version folder whole, and in
   a checkpoint folder the user named (``checkpoint.dirpath``) only the checkpoint files the marker lists.
   A folder without the marker, or one holding ``ckpt_path``, is never deleted.
@@ -29,13 +30,14 @@ __all__ = [
     "RunFolder",
     "check_run_dir_location",
     "claim_version_folder",
+    "is_latest_checkpoint",
     "forget_checkpoint",
     "read_marker",
     "record_checkpoint",
     "set_status",
 ]
 
-MARKER = ".cifar_aug_run.json"
+MARKER = "cifar_aug_run.json"
 LAST = "last.ckpt"
 
 
@@ -91,6 +93,21 @@ def set_status(folders: list[Path], status: str, phase: str | None = None) -> No
         _write_marker(folder, marker)
 
 
+def is_latest_checkpoint(path: str | os.PathLike, step: int) -> bool:
+    """``path`` (saved at global ``step``) is no older than its folder's ``last.ckpt``: the run's latest state."""
+    import torch
+
+    path = Path(path).resolve()
+    last = path.parent / LAST
+    if path == last or not last.is_file():
+        return True
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable last.ckpt holds no later state to protect
+        return True
+    return step >= int(saved.get("global_step", -1)) if isinstance(saved, dict) else True
+
+
 def check_run_dir_location(log_dir: str | os.PathLike, save_dir: str | os.PathLike, key: str, value: Any) -> None:
     """A logger's run folder must lie strictly inside its ``save_dir`` (paths resolved: ``..``, links)."""
     run, root = Path(log_dir).resolve(), Path(save_dir).resolve()
@@ -127,16 +144,17 @@ class RunFolder:
             held.append(ckpts)
         return held
 
-    def continues(self, ckpt_path: str | None) -> bool:
-        """``ckpt_path`` is the ``last.ckpt`` of the run in this run's checkpoint folder."""
-        if ckpt_path is None or self.checkpoint_dir is None:
+    def continues(self, ckpt_path: str | None, ckpt_step: int | None) -> bool:
+        """``ckpt_path`` (saved at ``ckpt_step``) is the latest checkpoint of the run in its checkpoint folder."""
+        if ckpt_path is None or ckpt_step is None or self.checkpoint_dir is None:
             return False
-        return Path(ckpt_path).resolve() == (self.checkpoint_dir / LAST).resolve()
+        inside = Path(ckpt_path).resolve().parent == self.checkpoint_dir.resolve()
+        return inside and is_latest_checkpoint(ckpt_path, ckpt_step)
 
-    def claim(self, ckpt_path: str | None, overwrite: bool, key: str, value: Any) -> None:
+    def claim(self, ckpt_path: str | None, ckpt_step: int | None, overwrite: bool, key: str, value: Any) -> None:
         """Refuse (CheckError naming ``key``), clear (``overwrite``) or take the folders; then mark them running."""
         held = self._holds_run()
-        if held and not self.continues(ckpt_path):
+        if held and not self.continues(ckpt_path, ckpt_step):
             self._refuse_or_clear(held, ckpt_path, overwrite, key, value)
         self._mark_running()
 
@@ -148,7 +166,7 @@ class RunFolder:
             if inside:
                 hint = "ckpt_path is a checkpoint of that run: a branch from it needs a new run folder (leave the "
                 hint += "logger version unset or name a new one); "
-                hint += f"to continue the run itself pass its {LAST}"
+                hint += f"to continue the run itself pass its latest checkpoint, {LAST}"
                 rule = f"a new run folder ({folder} holds the run ckpt_path belongs to; {hint})"
             elif read_marker(folder) is None and folder != self.log_dir:
                 rule = f"a new checkpoint folder ({folder} holds checkpoint files that no run of train.py wrote)"

@@ -90,7 +90,7 @@ def test_overwrite_in_a_shared_checkpoint_folder_removes_only_the_run_s_own_file
     args = tiny_args(tiny_data, tmp_path / "runs", "--checkpoint.dirpath", str(models), "--run_test", "false",
                      max_epochs=1)
     assert main_cli(args) == 0
-    marker = json.loads((models / ".cifar_aug_run.json").read_text())
+    marker = json.loads((models / "cifar_aug_run.json").read_text())
     assert marker["status"] == "finished"
     assert sorted(marker["files"]) == sorted(p.name for p in models.glob("*.ckpt"))
     (models / "notes.ckpt").write_bytes(b"the user's file, added later")
@@ -174,11 +174,11 @@ def test_sigterm_during_test_is_not_a_success_and_the_test_can_be_rerun(
     assert main_cli(terminated) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "interrupted (SIGTERM) during test: the fit finished and is saved" in err, err
-    marker = json.loads((tmp_path / "tiny" / "v" / ".cifar_aug_run.json").read_text())
+    marker = json.loads((tmp_path / "tiny" / "v" / "cifar_aug_run.json").read_text())
     assert (marker["status"], marker["phase"]) == ("interrupted", "test")
     command = err.strip().splitlines()[-1].split("test it with: ", 1)[1]
     assert "--ckpt_path" in command and command.endswith("last.ckpt")
     assert main_cli([*args, "--ckpt_path", command.rsplit(" ", 1)[1]]) == 0
     out = capsys.readouterr().out
     assert "test acc" in out and "not run" not in out
-    assert json.loads((tmp_path / "tiny" / "v" / ".cifar_aug_run.json").read_text())["status"] == "finished"
+    assert json.loads((tmp_path / "tiny" / "v" / "cifar_aug_run.json").read_text())["status"] == "finished"

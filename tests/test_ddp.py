@@ -88,7 +88,7 @@ def test_two_process_cpu_ddp_matches_single_process(
 
     assert ddp.wait(timeout=240) == 0, (ddp_dir / "log.txt").read_text()[-3000:]
     (last,) = ddp_dir.rglob("last.ckpt")
-    end = torch.load(last, map_location="cpu", weights_only=False)
+    end = torch.load(last, map_location="cpu", weights_only=True)
     assert end["epoch"] == EPOCHS - 1
     assert end["global_step"] == EPOCHS * STEPS_PER_EPOCH  # each rank took half the data per epoch
     assert single["global_step"] == EPOCHS * STEPS_PER_EPOCH

@@ -55,7 +55,7 @@ def _run(root: Path, workdir: Path, *extra: str) -> tuple[dict, dict[str, torch.
 
     metrics = run(cli_args(root, workdir, "--trainer.max_epochs", "2", *RANDOM_REGULARIZERS, *extra))
     (last,) = workdir.rglob("last.ckpt")
-    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in metrics.items() if k not in ("fit_time_s", "log_dir")}, state
 
 

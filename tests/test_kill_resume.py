@@ -34,7 +34,7 @@ def _global_step(path: Path) -> int | None:
     """global_step in the checkpoint, None while it does not exist; a partial file fails the test here."""
     if not path.exists():
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def _kill_mid_epoch(proc: subprocess.Popen, last: Path, min_step: int, timeout_s: float = 90.0) -> int:
@@ -64,7 +64,7 @@ def _check_loadable(folder: Path) -> list[dict]:
 
     checkpoints = []
     for path in sorted(folder.glob("*.ckpt")):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         assert all(bool(torch.isfinite(v).all()) for v in ckpt["state_dict"].values() if v.is_floating_point())
         model = CifarClassifier.load_from_checkpoint(path, map_location="cpu")
         assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
@@ -103,7 +103,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(tmp_path: Path) ->
 
     checkpoints = _check_loadable(ckpt_dir)
     assert {"last.ckpt", "last-step.ckpt"} <= {p.name for p in ckpt_dir.iterdir()}
-    end = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)  # written at epoch end
+    end = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)  # written at epoch end
     assert end["epoch"] == MAX_EPOCHS - 1  # ended at the configured epoch, not before or after
     assert end["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == MAX_EPOCHS
     assert f"`max_epochs={MAX_EPOCHS}` reached" in (tmp_path / "run2.log").read_text()
@@ -145,8 +145,8 @@ def test_resume_from_epoch_end_checkpoint_is_bitwise_identical_to_uninterrupted_
         "--model.input_noise.std", "0.05",
     ]
     _uninterrupted_then_resumed(tmp_path, monkeypatch, common, "e0.ckpt")
-    a = torch.load(tmp_path / "a_ckpts/e2.ckpt", map_location="cpu", weights_only=False)
-    b = torch.load(tmp_path / "b_ckpts/e2.ckpt", map_location="cpu", weights_only=False)
+    a = torch.load(tmp_path / "a_ckpts/e2.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "b_ckpts/e2.ckpt", map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
@@ -166,8 +166,8 @@ def test_resume_from_mid_epoch_checkpoint_is_bitwise_identical_to_uninterrupted_
     _uninterrupted_then_resumed(tmp_path, monkeypatch, common, f"s{mid}.ckpt")
     end = 3 * STEPS_PER_EPOCH
     for step in (mid + 1, end):  # the first step after the resume, and the end of training
-        a = torch.load(tmp_path / f"a_ckpts/s{step}.ckpt", map_location="cpu", weights_only=False)
-        b = torch.load(tmp_path / f"b_ckpts/s{step}.ckpt", map_location="cpu", weights_only=False)
+        a = torch.load(tmp_path / f"a_ckpts/s{step}.ckpt", map_location="cpu", weights_only=True)
+        b = torch.load(tmp_path / f"b_ckpts/s{step}.ckpt", map_location="cpu", weights_only=True)
         assert a["global_step"] == b["global_step"] == step
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), step
 
@@ -208,13 +208,13 @@ def test_write_killed_half_way_keeps_previous_checkpoint(tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, "-c", CRASHING_SAVE, str(path)], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
 
-    previous = torch.load(path, map_location="cpu", weights_only=False)
+    previous = torch.load(path, map_location="cpu", weights_only=True)
     assert previous["global_step"] == 1 and torch.equal(previous["state_dict"]["w"], torch.zeros(50_000))
     (partial,) = [p for p in path.parent.iterdir() if p.name != path.name]  # the half-written temp file
     assert 0 < partial.stat().st_size < path.stat().st_size
 
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 3}, path)
-    assert torch.load(path, map_location="cpu", weights_only=False)["global_step"] == 3
+    assert torch.load(path, map_location="cpu", weights_only=True)["global_step"] == 3
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # the stale temp file is cleaned up
 
 

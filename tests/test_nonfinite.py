@@ -72,11 +72,11 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(
     expected_step = bad_step if every_n_train_steps else STEPS_PER_EPOCH
     steps = []
     for path in sorted((tmp_path / "runs").rglob("*.ckpt")):  # nothing after the bad step, no NaN weights
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         assert _all_finite(ckpt["state_dict"]), path
         steps.append(ckpt["global_step"])
     assert max(steps) == expected_step  # and nothing good was lost
-    assert torch.load(kept, map_location="cpu", weights_only=False)["global_step"] <= expected_step
+    assert torch.load(kept, map_location="cpu", weights_only=True)["global_step"] <= expected_step
     model = CifarClassifier.load_from_checkpoint(kept, map_location="cpu")
     assert _all_finite(model.state_dict())
     assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
@@ -100,5 +100,5 @@ def test_diverging_learning_rate_stops_with_one_line(
     step, epoch, batch = (int(g) for g in match.groups()[1:])
     assert step == epoch * STEPS_PER_EPOCH + batch
     for path in (tmp_path / "runs").rglob("*.ckpt"):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         assert ckpt["global_step"] <= step and _all_finite(ckpt["state_dict"]), path

@@ -43,7 +43,7 @@ def _last(metrics: dict[str, Any]) -> Path:
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
@@ -71,7 +71,7 @@ def test_resume_after_a_one_epoch_run(tiny_data: Path, in_tmp_cwd: Path, uninter
     assert resumed["global_step"] == uninterrupted["global_step"] == EPOCHS * STEPS_PER_EPOCH
     assert resumed["log_dir"] != first["log_dir"]  # a new TensorBoard version for the resumed part...
     assert not (Path(resumed["log_dir"]) / "checkpoints").exists()  # ...but checkpoints stay in the resumed folder
-    assert torch.load(_last(first), weights_only=False)["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert torch.load(_last(first), weights_only=True)["global_step"] == EPOCHS * STEPS_PER_EPOCH
     _assert_same_weights(_last(first), _last(uninterrupted))
     # the best-checkpoint state came through the checkpoint: same best score, same test of the best weights
     assert resumed["val/acc_best"] == uninterrupted["val/acc_best"]

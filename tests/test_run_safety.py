@@ -40,7 +40,7 @@ def _error_line(stderr: str) -> str:
 
 
 def _epoch(checkpoint: Path) -> int:
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_sigint_to_train_py_exits_130_with_a_resumable_checkpoint(tiny_data: Pat
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
     (last,) = tmp_path.rglob("last.ckpt")
     assert f"--ckpt_path {last}" in stderr.strip().splitlines()[-1]
-    assert _epoch(last) >= 0 and "state_dict" in torch.load(last, map_location="cpu", weights_only=False)
+    assert _epoch(last) >= 0 and "state_dict" in torch.load(last, map_location="cpu", weights_only=True)
 
 
 def test_ctrl_c_stops_the_study_and_the_rerun_resumes_it(tmp_path: Path) -> None:

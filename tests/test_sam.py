@@ -333,14 +333,14 @@ SAM_ARGS = ("--model.optimizer.sam", '{"rho": 0.05, "adaptive": true}', "--model
 
 def _weights(metrics: dict[str, Any]) -> dict[str, torch.Tensor]:
     path = Path(metrics["log_dir"]) / "checkpoints" / "last.ckpt"
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_sam_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data: Path, in_tmp_cwd: Path) -> None:
     full = run_cli(tiny_args(tiny_data, in_tmp_cwd, *SAM_ARGS, max_epochs=2, name="full"))
     part = run_cli(tiny_args(tiny_data, in_tmp_cwd, *SAM_ARGS, max_epochs=1, name="part"))
     last = Path(part["log_dir"]) / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["optimizer_states"][0]["sam"] == {"rho": 0.05, "adaptive": True, "eta": 0.01}
     assert checkpoint["optimizer_states"][0]["state"]  # the base optimizer's momentum buffers are in it
     resumed = run_cli(tiny_args(tiny_data, in_tmp_cwd, *SAM_ARGS, "--ckpt_path", str(last), max_epochs=2, name="part"))
