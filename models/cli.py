@@ -60,7 +60,7 @@ from models.run_folder import RunFolder, check_run_dir_location, claim_version_f
 from models.run_summary import print_run_summary
 from models.trainer import CifarTrainer
 
-__all__ = ["CifarCLI", "LastCheckpoint", "RunCheckpoint", "UserError", "run", "main"]
+__all__ = ["CifarCLI", "LastCheckpoint", "RunCheckpoint", "main", "one_line", "run"]
 
 # Lightning raises MisconfigurationException for bad Trainer flags (`max_epochs` -5, `devices` 0, ...);
 # jsonargparse raises argparse.ArgumentError for parse errors (exit_on_error is off, see CifarCLI).
@@ -77,10 +77,6 @@ USER_ERRORS = (
 
 
 MODEL_SECTIONS = (*SECTIONS, "optimizer", "scheduler")  # config dataclasses under `model:`
-
-
-class UserError(Exception):
-    """A bad config value, missing data or a diverged run: reported in one line, without a traceback."""
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -215,7 +211,14 @@ class CifarCLI(LightningCLI):
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
-            {"early_stopping.monitor": "val/acc", "early_stopping.mode": "max", "early_stopping.patience": 20}
+            {
+                "early_stopping.monitor": "val/acc",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 20,
+                # The monitor is checked before fit (preflight); a fit that ends (max_steps) before its first
+                # validation has no value to compare yet, which is no reason to crash at its end.
+                "early_stopping.strict": False,
+            }
         )
         parser.add_lightning_class_args(WeightNoise, "weight_noise")
         parser.set_defaults({"weight_noise.std": 0.0})
@@ -466,7 +469,7 @@ def _fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any, run
     return _final_metrics(trainer, fit_metrics, test_results, fit_time_s)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """The error as one line: parse errors keep all their lines (field, then rule) joined; others the first."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     if not lines:
@@ -474,6 +477,9 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, argparse.ArgumentError):
         return " ".join(lines)
     return lines[0]
+
+
+_one_line = one_line  # the name bench.study and models.commands import today
 
 
 def resume_command(argv: list[str], checkpoint: str) -> str:
@@ -514,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(check_config_files(argv), print_summary=True)
     except USER_ERRORS as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except RunInterrupted as err:
         print(_interrupted_message(err, argv), file=sys.stderr)

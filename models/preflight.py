@@ -6,10 +6,13 @@ Every failure is one :class:`augment.checks.CheckError` line ``<key> must be <ru
 
 from __future__ import annotations
 
+import typing
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from lightning_fabric.connector import _PRECISION_INPUT
 
 from augment.checks import CheckError, check_bool, check_choice, check_int, check_real, is_int, is_real, require
 from augment.erasing import hole_side
@@ -25,10 +28,17 @@ __all__ = [
 
 # What CifarClassifier logs at epoch level (the names a ModelCheckpoint / EarlyStopping may monitor).
 LOGGED_METRICS = ("val/acc", "val/acc5", "val/loss", "train/acc", "train/acc5", "train/loss")
-PRECISIONS = (
-    "64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16",
-    "16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true", 64, 32, 16,
-)
+
+
+def _literal_values(hint: Any) -> tuple[Any, ...]:
+    """Every value of a (nested) ``Literal`` / ``Union`` of literals, as Lightning annotates its choices."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return args
+    return tuple(value for arg in args for value in _literal_values(arg))
+
+
+PRECISIONS = _literal_values(_PRECISION_INPUT)  # Lightning's own list: it cannot drift
 
 
 def _optional(check: Any, key: str, value: Any, *args: Any, **kwargs: Any) -> None:

@@ -46,7 +46,6 @@ __all__ = [
     "epsilon_sharpness",
     "measure_sharpness",
     "training_subset",
-    "Sharpness",
     "METRIC_NAMES",
 ]
 
@@ -312,6 +311,3 @@ def training_subset(datamodule: Any, num_images: int, seed: int = 0) -> tuple[to
     pick = pool[stratified_subset(labels[pool], min(num_images, len(pool)), seed, field="sharpness.num_images")]
     x = to_normalized_float(torch.from_numpy(images[pick]), datamodule.mean, datamodule.std, layout="nhwc")
     return x, torch.from_numpy(labels[pick]).long()
-
-
-from models.callbacks.sharpness import Sharpness  # noqa: E402  (the callback imports the measures above)

@@ -18,7 +18,7 @@ from helpers import main_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-SEED, CASES = 0, 200
+SEED, CASES = 0, 400
 SECTIONS = ("model.", "data.", "checkpoint.", "early_stopping.", "weight_noise.", "sharpness.")
 TRAINER_KEYS = (
     "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.log_every_n_steps",
@@ -106,4 +106,4 @@ def test_wrong_values_train_or_exit_2_with_one_line_naming_a_key(
         else:
             outcomes["refused"] += 1
     assert not failures, f"{len(failures)} of {CASES} cases:\n" + "\n".join(failures)
-    assert outcomes["trained"] > 0 and outcomes["refused"] > 0, outcomes
+    assert outcomes["trained"] >= 10 and outcomes["refused"] >= CASES // 2, outcomes

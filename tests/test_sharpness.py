@@ -15,9 +15,9 @@ from torch import nn
 from augment.checks import CheckError
 from augment.data import CIFARDataModule
 from helpers import read_tensorboard, run_cli, tiny_args
+from models.callbacks.sharpness import Sharpness
 from models.classifier import CifarClassifier
 from models.sharpness import (
-    Sharpness,
     dataset_loss,
     epsilon_sharpness,
     hessian_max_eigenvalue,
