@@ -19,7 +19,7 @@ import torch
 
 from helpers import make_imagefolder
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # see conftest  # end-to-end runs
 
 REPO = Path(__file__).resolve().parents[1]
 

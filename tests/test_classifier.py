@@ -285,6 +285,7 @@ REGULARIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(REGULARIZERS))
 def test_fit_loss_decreases_with_each_regularizer(name):
     pl.seed_everything(0, verbose=False)
@@ -297,6 +298,7 @@ def test_fit_loss_decreases_with_each_regularizer(name):
     assert last < 0.75 * first, (name, first, last)
 
 
+@pytest.mark.slow
 def test_metrics_logged_for_train_val_test():
     pl.seed_everything(0, verbose=False)
     model = make_model(ema_decay=0.9)
@@ -314,6 +316,7 @@ def test_metrics_logged_for_train_val_test():
 # ----- checkpoints --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(tmp_path):
     pl.seed_everything(0, verbose=False)
     model = make_model(ema_decay=0.9, mixup=MixupConfig(alpha=0.2), scheduler={"name": "cosine"})
@@ -347,6 +350,7 @@ class StopAfterFirstEpoch(pl.Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     def new_model() -> CifarClassifier:
         return make_model(
@@ -391,6 +395,7 @@ def test_dicts_become_dataclasses_and_hparams_stay_plain():
     assert model.hparams["optimizer"]["name"] == "adamw"
 
 
+@pytest.mark.slow
 def test_channels_last_and_compile_flags():
     model = make_model(channels_last=True)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -77,6 +77,7 @@ def test_every_config_is_covered() -> None:
     assert len(BASE_CONFIGS) >= 4 and len(VARIANTS) >= 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", BASE_CONFIGS, ids=lambda p: p.stem)
 def test_base_config_instantiates(config: Path, tmp_path: Path, in_tmp_cwd: Path) -> None:
     values = _yaml(config)
@@ -91,6 +92,7 @@ def test_base_config_instantiates(config: Path, tmp_path: Path, in_tmp_cwd: Path
     assert any(c.__class__.__name__ == "LastCheckpoint" for c in cli.trainer.checkpoint_callbacks)
 
 
+@pytest.mark.slow
 def test_ddp_overlay_instantiates(tmp_path: Path, in_tmp_cwd: Path) -> None:
     """The DDP overlay on the main recipe builds a DDP trainer: 2 devices x 2 nodes (CPU stands in for GPUs)."""
     overlay = _yaml(DDP_OVERLAY)["trainer"]

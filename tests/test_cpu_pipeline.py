@@ -114,6 +114,7 @@ def _epoch(loader):
     return [x for x, _ in loader]  # 4 batches: workers 0, 1, 0, 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("persistent", [False, True])
 def test_workers_and_epochs_differ_and_seed_reproduces(persistent):
     loader = _worker_loader(persistent)

@@ -56,6 +56,7 @@ def _val_accuracy(checkpoint: Path, data: Path) -> float:
     return correct / total
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp_matches_single_process(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

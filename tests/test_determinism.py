@@ -15,7 +15,7 @@ from test_bad_input import cli_args
 
 from helpers import make_imagefolder
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # see conftest  # end-to-end runs
 
 # Every regularizer that draws random numbers: batch-level mixing, Cutout, input noise, dropout.
 RANDOM_REGULARIZERS = [

@@ -17,6 +17,8 @@ from test_bad_input import cli_args
 
 from helpers import make_imagefolder
 
+pytestmark = pytest.mark.slow  # subprocesses killed mid-epoch and end-to-end resumes
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3  # 4 classes x 8 train images, 8 held out, batch 8
 MAX_EPOCHS = 5

@@ -13,7 +13,7 @@ from test_bad_input import cli_args
 
 from helpers import make_imagefolder
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # see conftest  # end-to-end runs
 
 STEPS_PER_EPOCH = 3  # 4 classes x 8 train images, 8 held out for validation, batch 8
 

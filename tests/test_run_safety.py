@@ -22,7 +22,7 @@ import torch
 
 from helpers import REPO, main_cli, subprocess_env, tiny_args
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # end-to-end runs
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:

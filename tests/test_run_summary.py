@@ -13,7 +13,7 @@ from helpers import main_cli, tiny_args
 from models.run_dir import logs_under_root_dir, tensorboard_command
 from models.run_summary import run_summary
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # end-to-end runs
 
 
 def _without_logger_save_dir(args: list[str]) -> list[str]:

@@ -310,6 +310,7 @@ def test_gradient_clipping_applies_to_the_gradient_of_the_update() -> None:
     assert steps[1e-2] == pytest.approx(LR * 1e-2, rel=1e-2)  # ...and the step is lr * clip
 
 
+@pytest.mark.slow
 def test_bf16_autocast_step_is_finite_and_moves_the_weights() -> None:
     model = _classifier(ema_decay=0.9)
     w0 = torch.cat([p.detach().flatten().clone() for p in model.backbone.parameters()])
@@ -336,6 +337,7 @@ def _weights(metrics: dict[str, Any]) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_sam_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data: Path, in_tmp_cwd: Path) -> None:
     full = run_cli(tiny_args(tiny_data, in_tmp_cwd, *SAM_ARGS, max_epochs=2, name="full"))
     part = run_cli(tiny_args(tiny_data, in_tmp_cwd, *SAM_ARGS, max_epochs=1, name="part"))

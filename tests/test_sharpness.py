@@ -154,6 +154,7 @@ def test_training_subset_is_stratified_and_never_validation(tiny_data: Path) -> 
     assert len(everything) == len(set(data.train_indices.tolist())) == 72
 
 
+@pytest.mark.slow
 def test_callback_logs_scalars_hparams_and_summary_of_the_best_checkpoint(tiny_data: Path, in_tmp_cwd: Path) -> None:
     metrics: dict[str, Any] = run_cli(tiny_args(tiny_data, in_tmp_cwd, *SHARP_ARGS, "--run_test", "false"))
     for name in ("sharpness/hessian_max_eig", "sharpness/eps_sharpness", "sharpness/loss"):

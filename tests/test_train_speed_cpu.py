@@ -143,6 +143,7 @@ def test_subset_is_the_one_the_datamodule_trains_on(tmp_path: Path) -> None:
     assert got == want and len(got) == 20
 
 
+@pytest.mark.slow
 def test_smallest_cpu_run_prints_both_loops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "table.md"
     status = main(["--device", "cpu", "--subset", "64", "--batch-size", "32", "--epochs", "2", "--mix", "on",
@@ -160,6 +161,7 @@ def test_smallest_cpu_run_prints_both_loops(tmp_path: Path, capsys: pytest.Captu
     assert "plain mix=on: epochs" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_profile_mode_reports_op_counts_and_host_reads(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--device", "cpu", "--subset", "64", "--batch-size", "32", "--profile"]) == 0
     out = capsys.readouterr().out
