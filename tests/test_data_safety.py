@@ -182,3 +182,16 @@ def test_sigterm_during_test_is_not_a_success_and_the_test_can_be_rerun(
     out = capsys.readouterr().out
     assert "test acc" in out and "not run" not in out
     assert json.loads((tmp_path / "tiny" / "v" / "cifar_aug_run.json").read_text())["status"] == "finished"
+
+
+def test_two_runs_started_together_get_different_version_folders(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from models.run_folder import claim_version_folder
+
+    first, second = (TensorBoardLogger(str(tmp_path), name="exp") for _ in range(2))
+    assert first.version == second.version == 0  # both looked before either wrote
+    claim_version_folder(first)
+    claim_version_folder(second)
+    assert (first.version, second.version) == (0, 1)
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["version_0", "version_1"]
