@@ -535,6 +535,10 @@ def test_kfold_ci_fold_and_single_split(tiny_data: Path, tmp_path: Path, ray_loc
     ]  # fmt: skip
     config = yaml.safe_load(Path(rows[0]["log_dir"], "config.yaml").read_text())
     assert (config["data"]["num_folds"], config["data"]["fold"]) == (5, 1)
+    # The k-fold group's out-of-fold predictions and CV summary (bench.study.oof), from the one fold run here.
+    summary = json.loads((tmp_path / "kfold/cv_summary.json").read_text())
+    assert [f["fold"] for f in summary["folds"]] == [1] and summary["std_accuracy"] is None
+    assert summary["images"] == 19  # fold 1 of the 96 training images in 5 stratified folds (24 per class)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from bench.study.check import check_study
 from bench.study.engine import EngineOptions
 from bench.study.records import read_rows
 from bench.study.report import write_report
-from bench.study.runner import chosen_lrs, lr_sweep, run_study
+from bench.study.runner import chosen_lrs, lr_sweep, run_study, write_kfold_oof
 from bench.study.spec import load_study
 
 __all__ = ["main"]
@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true",
                    help="search each variant's `search` space (Optuna TPE, ASHA); write the best config as an overlay")
     p.add_argument("--num-samples", type=int, help="trials per variant in --sweep (default: study.sweep.num_samples)")
-    p.add_argument("--use-swept-lr", metavar="SWEEP_SCALE", help="use the LRs chosen by the sweep run at this scale")
+    p.add_argument("--use-swept-lr", metavar="SWEEP_SCALE",
+                   help="use the LRs chosen by the sweep (--sweep or --lr-sweep) run at this scale")  # fmt: skip
     p.add_argument("--check", action="store_true", help="parse every variant's config, print the args, fit nothing")
     p.add_argument("--threads", type=int, help="torch CPU threads in each trial (default: the trial's CPUs)")
     ray = p.add_argument_group("Ray Tune (the trial engine)")
@@ -72,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(opts)
     except (ValueError, ImportError) as err:
-        from models.cli import _one_line
+        from models.cli import one_line
 
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are recorded; run the same command again to resume the study",
@@ -97,7 +98,10 @@ def _main(opts: argparse.Namespace) -> int:
     extra = _parse_set(opts.sets)
     out = Path(opts.out)
     if opts.report_only:
-        write_report(study, read_rows(out / study.name / "results.csv"), out / study.name)
+        rows = read_rows(out / study.name / "results.csv")
+        write_report(study, rows, out / study.name)
+        for scale in dict.fromkeys(r["scale"] for r in rows):
+            write_kfold_oof(study, rows, scale, out / study.name)
         print(f"wrote {out / study.name / 'results.md'}")
         return 0
     if opts.check:
@@ -105,7 +109,8 @@ def _main(opts: argparse.Namespace) -> int:
         for name, problem in problems.items():
             print(f"{name}: {'ok' if not problem else problem}")
         return 2 if any(problems.values()) else 0
-    if opts.sweep:
+    grid = any(v.lr_grid for v in study.select(only))
+    if opts.sweep or (opts.lr_sweep and not grid):  # the LR sweep of a study with search spaces is a search
         from bench.study.sweep import sweep
 
         for name, path in sweep(study, opts.scale, out, only, extra, options, opts.num_samples).items():
@@ -118,10 +123,14 @@ def _main(opts: argparse.Namespace) -> int:
         return 0
     swept = None
     if opts.use_swept_lr:
-        swept = chosen_lrs(read_rows(out / study.name / "lr_sweep.csv"), opts.use_swept_lr)
+        from bench.study.sweep import swept_values
+
+        searched = swept_values(out / study.name, [v.name for v in study.variants], opts.use_swept_lr)
+        swept = {v: p["model.optimizer.lr"] for v, p in searched.items() if "model.optimizer.lr" in p}
+        swept.update(chosen_lrs(read_rows(out / study.name / "lr_sweep.csv"), opts.use_swept_lr))
         if not swept:
             raise ValueError(
-                f"--use-swept-lr must name a scale with ok rows in lr_sweep.csv, got {opts.use_swept_lr!r}"
+                f"--use-swept-lr must name a scale with ok rows in lr_sweep.csv or sweep.csv, got {opts.use_swept_lr!r}"
             )
     start = time.perf_counter()
     rows = run_study(study, opts.scale, out, opts.seeds, only, extra, swept, options=options)

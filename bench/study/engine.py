@@ -211,8 +211,7 @@ def _tune_callback(progress: _Progress, describe: Callable[[Any], tuple[dict, An
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             index, identity, log_dir = self._trial(trial)
-            err = str(getattr(trial, "error_msg", None) or "").strip()
-            message = err.splitlines()[-1] if err else "the trial's worker failed"
+            message = _trial_error(trial)
             progress.trial_record(index, {**identity, "status": "error", "log_dir": log_dir, "message": message[:500]})
 
     return StudyCallback()
@@ -279,6 +278,16 @@ def run_trials(
         except Exception as err:  # noqa: BLE001 - Tune's own failure (not a trial's): one line
             print(f"{tag} Ray Tune failed: {error_line(err)}", file=sys.stderr, flush=True)
             raise
+
+
+def _trial_error(trial: Any) -> str:
+    """The last line of a failed trial's error (its exception, or the worker's death)."""
+    try:
+        err = str(trial.get_error() or "").strip()
+    except Exception:  # noqa: BLE001 - the error file may be gone; say what is known
+        err = ""
+    lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+    return f"the trial's worker failed: {lines[-1]}" if lines else "the trial's worker failed"
 
 
 def _trial_dirname(trial: Any) -> str:

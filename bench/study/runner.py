@@ -24,7 +24,8 @@ from bench.study.report import write_report, write_sweep_report
 from bench.study.spec import Study, Variant, format_value
 from bench.study.trial import RunFn, Tee, error_line, read_record
 
-__all__ = ["RunFn", "PlannedRun", "run_planned", "run_study", "lr_sweep", "chosen_lrs", "error_line", "Tee"]
+__all__ = ["RunFn", "PlannedRun", "run_planned", "run_study", "lr_sweep", "chosen_lrs", "write_kfold_oof", "error_line",
+           "Tee"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,36 @@ def run_study(
     finally:
         rows = ledger.rows()
         write_report(study, rows, out_dir / study.name)
+    write_kfold_oof(study, rows, scale, out_dir / study.name)
     return _plan_order(rows, study)
+
+
+def write_kfold_oof(study: Study, rows: Iterable[Mapping[str, str]], scale: str, study_dir: Path) -> list[Path]:
+    """Out-of-fold predictions and CV summary of each k-fold group (variants with `data.num_folds` > 1) through
+    `bench.study.oof.write_study_oof`, once its runs at `scale` are all ok; a group holding one such set writes
+    into the study folder, several into `<study>/<group>/`. Skipped when `bench.study.oof` is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("bench.study.oof") is None:  # the module is optional
+        return []
+    from bench.study.oof import write_study_oof
+
+    folds = {v.name: v.group for v in study.variants if (v.overrides.get("data.num_folds") or 0) > 1}
+    groups: dict[str, dict[str, Path]] = {}
+    for r in rows:  # the latest ok run of each fold variant, first seed only (a fold must appear once)
+        if r["scale"] == scale and r["status"] == "ok" and r["variant"] in folds and int(r["seed"]) == study.seeds[0]:
+            groups.setdefault(folds[r["variant"]], {})[r["variant"]] = Path(r["log_dir"])
+    written = []
+    for group, runs in groups.items():
+        target = study_dir if len(groups) == 1 else study_dir / group
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            write_study_oof(target, [runs[name] for name in sorted(runs)])
+        except (ValueError, OSError) as err:
+            print(f"[study {study.name}] {group}: no out-of-fold summary ({error_line(err)})", flush=True)
+            continue
+        written.append(target)
+    return written
 
 
 def lr_sweep(

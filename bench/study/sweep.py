@@ -31,7 +31,7 @@ from bench.study.records import append_row, read_rows
 from bench.study.spec import Study, Variant
 from bench.study.trial import RunFn, study_trial
 
-__all__ = ["SWEEP_TRIAL_COLUMNS", "tune_space", "overlay", "sweep", "best_overlay_path"]
+__all__ = ["SWEEP_TRIAL_COLUMNS", "tune_space", "overlay", "sweep", "best_overlay_path", "swept_values"]
 
 SWEEP_TRIAL_COLUMNS = (
     "study", "scale", "variant", "trial", "seed", "status", "val_acc", "epochs", "fit_time_s", "params", "message",
@@ -236,6 +236,26 @@ def _write_best(study_dir: Path, variant: str, scale: str, rows: list[dict[str, 
               f"{float(best['val_acc']) * 100:.2f}% (trial {best['trial']}); train.py --config takes it.\n")
     path.write_text(header + yaml.safe_dump(overlay(json.loads(best["params"])), sort_keys=False))
     return path
+
+
+def swept_values(study_dir: Path, variants: Iterable[str], scale: str) -> dict[str, dict[str, Any]]:
+    """{variant: {dotted key: value}} of the best-config overlays the sweep wrote at `scale`."""
+    found = {}
+    for name in variants:
+        path = best_overlay_path(study_dir, name, scale)
+        if path.is_file():
+            found[name] = _flatten(yaml.safe_load(path.read_text()) or {})
+    return found
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _write_sweep_md(study: Study, study_dir: Path, rows: list[dict[str, str]], scale: str) -> None:

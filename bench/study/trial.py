@@ -37,13 +37,13 @@ REPORT_CALLBACK = "bench.study.tune_report.ReportEpoch"
 
 def error_line(err: BaseException, stderr_tail: str = "") -> str:
     """`<Type>: <message>` in one line; a SystemExit (jsonargparse printed the parse error) reads stderr's last line."""
-    from models.cli import _one_line
+    from models.cli import one_line
 
     if isinstance(err, SystemExit):
         lines = [ln.strip() for ln in stderr_tail.strip().splitlines() if ln.strip()]
         text = lines[-1] if lines else f"exit code {err.code}"
     else:
-        text = _one_line(err) if str(err).strip() else ""
+        text = one_line(err) if str(err).strip() else ""
     kind = "ValueError" if isinstance(err, CheckError) else type(err).__name__  # a CheckError is a ValueError
     return f"{kind}: {text}"[:500].replace("\n", " ")
 
