@@ -17,7 +17,7 @@ from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing import event_accumulator as ea
-from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -184,10 +184,11 @@ def logged_run(tmp_path_factory):
 
 def test_scalar_and_image_tags_are_logged(logged_run):
     tags = logged_run.events.Tags()
-    for tag in ["train/loss", "val/acc", "val/loss", "test/acc", "hp/val_acc_best", "hp/test_acc", "hp/test_loss"]:
+    for tag in ["train/loss", "val/acc", "val/loss", "test/acc", "val_best/acc", "val_best/epoch",
+                "train/speed/fit_time_s"]:
         assert tag in tags["scalars"], tag
-    for stage in ["val", "test"]:
-        assert {f"{stage}/class_acc/{name}" for name in CLASS_NAMES} <= set(tags["scalars"])
+    assert {f"val_per_class/{name}" for name in CLASS_NAMES} <= set(tags["scalars"])
+    assert not [tag for tag in tags["scalars"] if tag.startswith(("hp/", "test/class_acc", "val/class_acc"))]
     assert {"train/augmented_batch", "val/confusion_matrix", "val/per_class_acc", "test/confusion_matrix",
             "test/per_class_acc"} <= set(tags["images"])
     assert "hp_metric" not in tags["scalars"]  # Lightning's placeholder record was turned off
@@ -209,8 +210,10 @@ def test_confusion_counts_match_hand_computation(logged_run):
         got = logged_run.confusion.last_confusion[stage]
         assert torch.equal(got.long(), expected), stage
         assert int(got.sum()) == n  # reset each epoch, sanity-check batches excluded
+        if stage == "test":
+            continue  # one point per class: in the per-class figure only
         for i, name in enumerate(CLASS_NAMES):
-            logged = logged_run.events.Scalars(f"{stage}/class_acc/{name}")[-1].value
+            logged = logged_run.events.Scalars(f"val_per_class/{name}")[-1].value
             assert logged == pytest.approx(expected[i, i].item() / expected[i].sum().item(), abs=1e-6)
     assert logged_run.model.val_confmat.update_count == 0  # reset after the last epoch
 
@@ -247,12 +250,15 @@ def test_hparams_record_has_flattened_params_and_final_metrics(logged_run):
     assert [m.name.tag for m in experiment.metric_infos] == list(HparamsWithFinalMetrics.METRICS)
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["model.lr"].number_value == pytest.approx(0.05)
-    assert start.hparams["model.bad_loss_from_step"].string_value == "None"
+    assert start.hparams["model.bad_loss_from_step"].string_value == "off"  # an unset option
     assert start.hparams["data.batch_size"].number_value == BATCH
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert metric_tags == {"val_best/acc", "val_best/epoch", "test/acc", "test/acc5", "test/loss",
+                           "train/speed/fit_time_s"}
+    assert metric_tags - {"test/acc5"} <= set(events.Tags()["scalars"])  # the module logs no acc5
     best = max(e.value for e in events.Scalars("val/acc"))
-    assert events.Scalars("hp/val_acc_best")[-1].value == pytest.approx(best)
-    assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(logged_run.test_result["test/acc"])
-    assert events.Scalars("hp/test_loss")[-1].value == pytest.approx(logged_run.test_result["test/loss"])
+    assert events.Scalars("val_best/acc")[-1].value == pytest.approx(best)
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(logged_run.test_result["test/acc"])
 
 
 @pytest.mark.parametrize("logger", [False, "csv"])
@@ -272,7 +278,7 @@ def test_many_classes_skip_per_class_scalars_but_keep_figures(tmp_path):
     trainer = make_trainer(tmp_path, [ConfusionMatrixLogger()], max_epochs=1, enable_checkpointing=False)
     trainer.fit(model, datamodule=data)
     tags = read_events(trainer.logger.log_dir).Tags()
-    assert not any(t.startswith("val/class_acc/") for t in tags["scalars"])
+    assert not any(t.startswith("val_per_class/") for t in tags["scalars"])
     assert {"val/confusion_matrix", "val/per_class_acc"} <= set(tags["images"])
 
 
@@ -286,7 +292,7 @@ def test_confusion_figure_text_only_for_few_classes():
 
 
 def _weights_finite(path) -> bool:
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
@@ -307,7 +313,7 @@ def test_nan_loss_raises_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert message == (f"non-finite loss (nan) at global step 5, epoch 1, batch 1; "
                        f"the last good checkpoint is kept at {last}")
     assert trainer.should_stop
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 5  # saved after step 4, the last finite one
     assert _weights_finite(last)
     assert all(_weights_finite(p) for p in (tmp_path / "ckpt").glob("*.ckpt"))  # no save on the exception
@@ -320,8 +326,23 @@ def test_deferred_check_reports_the_exact_bad_step(tmp_path):
     assert message.startswith("non-finite loss (inf) at global step 4, epoch 1, batch 0;")
     assert trainer.global_step == 6  # detected at the next check, two steps later
     last = tmp_path / "ckpt" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
     assert _weights_finite(last)
+
+
+def test_hparams_record_is_written_at_fit_start_and_a_failed_fit_ends_it_as_failed(tmp_path):
+    model = TinyClassifier(bad_loss_from_step=5)
+    callbacks = [NonFiniteLossGuard(check_every_n_steps=1), HparamsWithFinalMetrics()]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=3, enable_checkpointing=False)
+    with pytest.raises(FloatingPointError):
+        trainer.fit(model, datamodule=TinyData())
+    events = read_events(trainer.logger.log_dir)
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model.lr"].number_value == pytest.approx(0.05)
+    end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+    assert end.status == api_pb2.STATUS_FAILURE
+    assert [e.step for e in events.Scalars("val_best/acc")] == [STEPS_PER_EPOCH]  # epoch 0 finished, epoch 1 not
 
 
 def test_nan_before_any_checkpoint_says_none_saved(tmp_path):
@@ -361,7 +382,7 @@ def test_flatten_hparams_keeps_simple_types():
             "stop_epoch": None, "weights": torch.ones(3), "mean": (0.5, 0.4), "_instantiator": "cli"}
     assert flatten_hparams(tree, "model") == {
         "model.backbone": "resnet18", "model.mixup.alpha": 0.2, "model.mixup.per_sample": True,
-        "model.opt.lr": 0.1, "model.opt.milestones": "[30, 60]", "model.stop_epoch": "None",
+        "model.opt.lr": 0.1, "model.opt.milestones": "[30, 60]", "model.stop_epoch": "off",
         "model.mean": "[0.5, 0.4]",
     }
 

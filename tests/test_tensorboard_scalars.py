@@ -1,6 +1,7 @@
-"""Scalars of a tiny run: one step axis, per-step loss and learning rate, speed, hparams fields, progress lines.
+"""Tags of a tiny run: one step axis, per-step loss and learning rate, speed, hparams, progress lines, and the
+documented tag list (docs/tensorboard.md) equal to what the event file holds.
 
-One 3-epoch CPU fit + test (4 optimizer steps per epoch, `log_every_n_steps=2`) with every scalar
+One 3-epoch CPU fit + test (4 optimizer steps per epoch, `log_every_n_steps=2`) with every TensorBoard
 callback, read back with TensorBoard's EventAccumulator.
 """
 
@@ -11,16 +12,19 @@ import re
 import time
 import warnings
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.hparams import plugin_data_pb2
-from test_callbacks import STEPS_PER_EPOCH, TinyClassifier, TinyData, read_events
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from test_callbacks import CLASS_NAMES, STEPS_PER_EPOCH, TinyClassifier, TinyData, read_events
 
 from models.callbacks import (
+    AugmentedImageGrid,
+    ConfusionMatrixLogger,
     FitProgress,
     HparamsWithFinalMetrics,
     LearningRateLogger,
@@ -31,12 +35,20 @@ from models.callbacks import (
     cuda_peak_memory_gib,
     format_duration,
 )
+from models.callbacks.hparams import METRICS, PRIMARY_HPARAMS
+from models.callbacks.scalars import lr_tag
 from models.callbacks.speed import batch_size_of
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "tensorboard.md"
 
 EPOCHS, LOG_EVERY, LR0 = 3, 2, 0.1
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 LOG_STEPS = [i for i in range(TOTAL_STEPS) if (i + 1) % LOG_EVERY == 0]  # batches whose on_step values are written
 EPOCH_END_STEPS = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
+
+
+def top2(logits, y):
+    return (logits.topk(2, dim=1).indices == y[:, None]).any(1).float().mean()
 
 
 class ScheduledClassifier(TinyClassifier):
@@ -51,14 +63,19 @@ class ScheduledClassifier(TinyClassifier):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
         x, y = batch
-        self.log("train/acc", (self(x.flip(-1)).argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+        logits = self(x.flip(-1))
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)  # as the project's module
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+        self.log("train/acc5", top2(logits, y), on_step=False, on_epoch=True)
         return loss
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("val/acc5", top2(self(batch[0]), batch[1]))
 
     def test_step(self, batch, batch_idx):
         super().test_step(batch, batch_idx)
-        x, y = batch
-        top2 = self(x).topk(2, dim=1).indices
-        self.log("test/acc5", (top2 == y[:, None]).any(1).float().mean())
+        self.log("test/acc5", top2(self(batch[0]), batch[1]))
 
     def configure_optimizers(self):
         groups = [{"params": [self.head.weight], "name": "decay", "weight_decay": 1e-4},
@@ -74,7 +91,8 @@ def run(tmp_path_factory):
     pl.seed_everything(7)
     speed, progress, hparams = TrainingSpeedMonitor(), FitProgress(every_n_epochs=0, probe_steps=2,
                                                                    cpu_warn_after_s=1e-9), HparamsWithFinalMetrics()
-    callbacks = [StepAxis(), LearningRateLogger(logging_interval="step"), speed, TrainValLayout(), hparams, progress]
+    callbacks = [StepAxis(), LearningRateLogger(logging_interval="step"), speed, TrainValLayout(), hparams, progress,
+                 ConfusionMatrixLogger(), AugmentedImageGrid(every_n_epochs=2, max_images=4)]
     trainer = pl.Trainer(accelerator="cpu", max_epochs=EPOCHS, callbacks=callbacks, log_every_n_steps=LOG_EVERY,
                          logger=TensorBoardLogger(tmp_path, name="tb"), enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
@@ -97,33 +115,39 @@ def steps(run, tag):
     return [step for step, _ in run.scalars[tag]]
 
 
-def test_per_step_loss_and_one_learning_rate_curve(run):
-    assert steps(run, "train/loss") == LOG_STEPS
-    assert "lr-SGD/decay" not in run.scalars and "lr-SGD/no_decay" not in run.scalars  # groups share the rate
-    lr = run.scalars["lr-SGD"]
-    assert [step for step, _ in lr] == LOG_STEPS
+def test_per_step_loss_and_one_learning_rate_curve_from_step_0(run):
+    assert steps(run, "train/loss") == steps(run, "train/loss_step") == LOG_STEPS
+    assert not [tag for tag in run.scalars if tag.startswith(("lr-", "train/lr/"))]  # the groups share the rate
+    lr = run.scalars["train/lr"]
+    assert [step for step, _ in lr] == [0, *LOG_STEPS]  # the starting rate, then every log_every_n_steps
     for step, value in lr:  # the rate the batch at that step trains with
         assert value == pytest.approx(LR0 * (1 - step / TOTAL_STEPS), rel=1e-6)
 
 
-def test_epoch_level_tags_share_the_global_step(run):
-    for tag in ("train/acc", "val/acc", "val/loss", "perf/epoch_time_s", "perf/epoch_images_per_s", "perf/val_time_s"):
+def test_epoch_level_tags_share_the_global_step_and_no_epoch_or_hp_copies(run):
+    for tag in ("train/acc", "val/acc", "val/loss", "train/speed/epoch_time_s", "train/speed/epoch_images_per_s",
+                "train/speed/val_time_s", "val_best/acc", "val_best/epoch", "val_per_class/cat"):
         assert steps(run, tag) == EPOCH_END_STEPS, tag  # Lightning alone writes train/val at 3, 7, 11
-    for tag in ("test/acc", "test/acc5", "hp/val_acc_best", "hp/val_acc_best_epoch", "hp/test_acc", "hp/fit_time_s"):
+    for tag in ("test/acc", "test/acc5", "train/speed/fit_time_s"):
         assert steps(run, tag) == [TOTAL_STEPS], tag
-    # `epoch`: Lightning's points with the step logs, then one per epoch end; none added by the test
-    expected = sorted([(s, s // STEPS_PER_EPOCH) for s in LOG_STEPS]
-                      + [(s, s // STEPS_PER_EPOCH - 1) for s in EPOCH_END_STEPS])
-    assert run.scalars["epoch"] == [(s, float(v)) for s, v in expected]
+    assert "epoch" not in run.scalars  # neither Lightning's per-step points nor the epoch ends
+    assert not [tag for tag in run.scalars if tag.startswith(("hp/", "hp_metric", "test/class_acc", "val/class_acc"))]
+
+
+def test_lr_tags_for_groups_with_their_own_rates():
+    assert lr_tag("lr-SGD") == "train/lr"
+    assert lr_tag("lr-SGD/no_decay") == "train/lr/no_decay"
+    assert lr_tag("lr-SGD-momentum") == "train/momentum"
+    assert lr_tag("lr-AdamW/decay-weight_decay") == "train/weight_decay/decay"
 
 
 def test_speed_scalars(run):
-    assert steps(run, "perf/images_per_s") == LOG_STEPS
-    assert all(v > 0 for _, v in run.scalars["perf/images_per_s"])
-    assert "perf/cuda_peak_memory_gib" not in run.scalars  # CPU run
-    epoch_time = [v for _, v in run.scalars["perf/epoch_time_s"]]
-    val_time = [v for _, v in run.scalars["perf/val_time_s"]]
-    rate = [v for _, v in run.scalars["perf/epoch_images_per_s"]]
+    assert steps(run, "train/speed/images_per_s") == LOG_STEPS
+    assert all(v > 0 for _, v in run.scalars["train/speed/images_per_s"])
+    assert "train/speed/cuda_peak_memory_gib" not in run.scalars  # CPU run
+    epoch_time = [v for _, v in run.scalars["train/speed/epoch_time_s"]]
+    val_time = [v for _, v in run.scalars["train/speed/val_time_s"]]
+    rate = [v for _, v in run.scalars["train/speed/epoch_images_per_s"]]
     for total, val, images_per_s in zip(epoch_time, val_time, rate):
         assert 0 < val < total
         assert images_per_s == pytest.approx(32 / (total - val), rel=1e-3)  # 32 training images per epoch
@@ -132,24 +156,33 @@ def test_speed_scalars(run):
     assert run.speed.images_per_s == pytest.approx(run.speed.train_images / run.speed.train_seconds)
 
 
-def test_hparams_record_has_run_settings_readable_booleans_and_new_metrics(run):
+def test_hparams_record_has_run_settings_readable_booleans_and_the_runs_own_metric_tags(run):
     content = run.events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert re.fullmatch(r"version_0 tb \d\d-\d\d \d\d:\d\d:\d\d", start.group_name), start.group_name  # the trial id
+    end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+    assert end.status == api_pb2.STATUS_SUCCESS and end.end_time_secs >= start.start_time_secs > 0
     assert start.hparams["seed"].number_value == 7
     assert start.hparams["trainer.max_epochs"].number_value == EPOCHS
     assert start.hparams["trainer.precision"].string_value == "32-true"
     assert start.hparams["trainer.world_size"].number_value == 1
     assert start.hparams["model.handshake"].string_value == "true"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert [m.name.tag for m in experiment.metric_infos] == list(HparamsWithFinalMetrics.METRICS)
+    metric_tags = [m.name.tag for m in experiment.metric_infos]
+    assert metric_tags == list(METRICS) == ["val_best/acc", "test/acc", "test/acc5", "test/loss",
+                                            "train/speed/fit_time_s", "val_best/epoch"]
+    assert set(metric_tags) <= set(run.scalars)  # every metric is a scalar of the run, none a copy
     assert start.hparams["model.optimizer.name"].string_value == "sgd"
     assert "model.optimizer.betas" not in start.hparams  # SGD does not read betas...
     columns = {info.name for info in experiment.hparam_infos}
     assert "model.optimizer.betas" in columns and set(start.hparams) <= columns  # ...an Adam run's column stays
+    first = {info.name for info in experiment.hparam_infos if info.differs}  # listed first, ticked
+    assert first == set(PRIMARY_HPARAMS) & columns == {"data.batch_size", "model.optimizer.lr", "model.optimizer.name"}
     val_acc = [v for _, v in run.scalars["val/acc"]]
-    assert run.scalars["hp/val_acc_best_epoch"][-1][1] == val_acc.index(max(val_acc))
-    assert 0 < run.scalars["hp/fit_time_s"][-1][1] <= run.fit_wall
-    assert run.scalars["hp/test_acc5"][-1][1] == pytest.approx(run.test_result["test/acc5"])
+    assert [v for _, v in run.scalars["val_best/acc"]] == [max(val_acc[:i + 1]) for i in range(EPOCHS)]
+    assert run.scalars["val_best/epoch"][-1][1] == val_acc.index(max(val_acc))
+    assert 0 < run.scalars["train/speed/fit_time_s"][-1][1] <= run.fit_wall
+    assert run.scalars["test/acc5"][-1][1] == pytest.approx(run.test_result["test/acc5"])
     assert run.hparams.best_val_epoch == val_acc.index(max(val_acc))
 
 
@@ -223,3 +256,32 @@ def test_per_batch_logging_reads_nothing_to_the_host(tmp_path):
     assert window.steps == STEPS_PER_EPOCH
     ours = {site: n for (site, _), n in audit.sites.items() if site.startswith(("models/", "tests/"))}
     assert ours == {}
+
+
+def documented_tags() -> set[str]:
+    """The tags of docs/tensorboard.md's tag tables (first column), `<class>` expanded to the run's classes.
+
+    CUDA-only tags are left out (a CPU run has none).
+    """
+    text = DOCS.read_text()
+    section = text[text.index("## Tags"):]
+    section = section[:section.index("\n## ", 1)]
+    tags: set[str] = set()
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        for tag in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
+            if "cuda" in tag:
+                continue
+            if "<class>" in tag:
+                tags |= {tag.replace("<class>", name) for name in CLASS_NAMES}
+            else:
+                tags.add(tag)
+    return tags
+
+
+def test_documented_tags_are_the_tags_in_the_file(run):
+    tags = run.events.Tags()
+    in_file = set(tags["scalars"]) | set(tags["images"]) | {
+        tag for tag in tags["tensors"] if not tag.startswith(("_hparams_/", "custom_scalars__config__"))}
+    assert in_file == documented_tags()

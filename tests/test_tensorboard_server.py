@@ -144,17 +144,28 @@ def test_tensorboard_serves_scalars_and_images(tensorboard_logdir):
             server.wait()
 
 
+def tensorboard_order(tag: str) -> list:
+    """Sort key of TensorBoard's tag comparator for tags without numbers: "/" before every other character."""
+    return [(0, "") if char == "/" else (1, char) for char in tag]
+
+
 def check_new_tags(base: str, run: str) -> None:
-    """Per-step learning rate, speed scalars on the run's one step axis, labelled grid, hparams, layout."""
+    """Per-step learning rate, speed scalars on the run's one step axis, labelled grid, hparams, layout;
+    the first two tag groups (the ones TensorBoard's Time Series opens) are train and val."""
     scalars = get_json(base, "/data/plugin/scalars/tags")[run]
-    assert {"lr-SGD", "perf/images_per_s", "perf/epoch_time_s", "hp/val_acc_best", "hp/fit_time_s"} <= set(scalars)
-    lr = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="lr-SGD")
+    images = get_json(base, "/data/plugin/images/tags")[run]
+    assert {"train/lr", "train/speed/images_per_s", "train/speed/epoch_time_s", "val_best/acc",
+            "train/speed/fit_time_s"} <= set(scalars)
+    assert "epoch" not in scalars and not [tag for tag in scalars if tag.startswith(("hp/", "lr-", "perf/"))]
+    groups = list(dict.fromkeys(tag.split("/")[0] for tag in sorted([*scalars, *images], key=tensorboard_order)))
+    assert groups == ["train", "val", "val_best"]
+    lr = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="train/lr")
     assert [step for _, step, _ in lr] == list(range(STEPS_PER_EPOCH * EPOCHS))
     assert all(abs(value - 0.1) < 1e-7 for _, _, value in lr)
     epoch_ends = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]  # where the next epoch's grid sits too
-    for tag in ("val/acc", "perf/epoch_time_s"):
+    for tag in ("val/acc", "train/speed/epoch_time_s"):
         assert [step for _, step, _ in get_json(base, "/data/plugin/scalars/scalars", run=run, tag=tag)] == epoch_ends
-    speed = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="perf/images_per_s")
+    speed = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="train/speed/images_per_s")
     assert len(speed) == STEPS_PER_EPOCH * EPOCHS and all(value > 0 for _, _, value in speed)
 
     (labelled,) = get_json(base, "/data/plugin/images/images", run=run, tag="train/augmented_batch_labelled")[:1]
@@ -166,6 +177,13 @@ def check_new_tags(base: str, run: str) -> None:
     experiment = post_json(base, "/data/plugin/hparams/experiment", {"experimentName": ""})
     assert {"seed", "trainer.max_epochs", "trainer.precision"} <= {h["name"] for h in experiment["hparamInfos"]}
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == list(HparamsWithFinalMetrics.METRICS)
+    groups = post_json(base, "/data/plugin/hparams/session_groups", {
+        "experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "colParams": [], "startIndex": 0,
+        "sliceSize": 10})
+    (group,) = groups["sessionGroups"]
+    assert group["name"].startswith("version_0 tb ")  # the trial id names the version first
+    values = {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
+    assert 0.0 <= values["val_best/acc"] <= 1.0 and values["train/speed/fit_time_s"] > 0
 
     layout = get_json(base, "/data/plugin/custom_scalars/layout")
     charts = {chart["title"]: chart["multiline"]["tag"] for cat in layout["category"] for chart in cat["chart"]}

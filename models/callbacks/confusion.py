@@ -22,6 +22,7 @@ from models.callbacks._tensorboard import tensorboard_writer
 
 __all__ = [
     "MAX_ANNOTATED_CLASSES",
+    "PER_CLASS_GROUP",
     "ConfusionMatrixLogger",
     "confusion_figure",
     "per_class_figure",
@@ -32,6 +33,9 @@ __all__ = [
 # Above this many classes the confusion matrix has no per-cell text and no per-class scalars
 # (a 100x100 grid of numbers is unreadable and 100 scalar charts drown the Scalars tab).
 MAX_ANNOTATED_CLASSES = 20
+# Group of the per-class validation curves: TensorBoard sorts groups by name and lists this one right
+# after `val/`, so the per-class cards never push `val/loss` or the confusion matrix to a second page.
+PER_CLASS_GROUP = "val_per_class"
 DPI = 100
 _PERCENT = FuncFormatter(lambda v, _: f"{100 * v:g}%")
 
@@ -150,8 +154,10 @@ class ConfusionMatrixLogger(pl.Callback):
     TensorBoard at `trainer.global_step`:
       `<stage>/confusion_matrix`  figure, rows (true class) normalized to sum 1 (see `confusion_figure`)
       `<stage>/per_class_acc`     figure, diag / row sum (recall per class), sorted, with names
-      `<stage>/most_confused`     text, a table of the `top_pairs` largest off-diagonal cells
-      `<stage>/class_acc/<name>`  scalars, only for <= 20 classes
+      `<stage>/most_confused`     text, a table of the `top_pairs` largest off-diagonal cells (TensorBoard
+                                  files it as `<stage>/most_confused/text_summary`)
+      `val_per_class/<name>`      scalars, validation only (the one test point per class is in the
+                                  per-class figure), only for <= 20 classes
     and the metric is reset (also after sanity checking, so its batches never leak into epoch 0).
     Class names come from `trainer.datamodule.class_names` when it has K entries, else indices.
     The last raw matrix per stage stays in `self.last_confusion[stage]` (K, K) on CPU.
@@ -192,9 +198,9 @@ class ConfusionMatrixLogger(pl.Callback):
         per_class = per_class_figure(accuracy, names, f"{stage} per-class accuracy")
         writer.add_figure(f"{stage}/per_class_acc", per_class, step)
         writer.add_text(f"{stage}/most_confused", most_confused_markdown(matrix, names, self.top_pairs), step)
-        if matrix.shape[0] <= MAX_ANNOTATED_CLASSES:
+        if stage == "val" and matrix.shape[0] <= MAX_ANNOTATED_CLASSES:
             for name, value in zip(names, accuracy.tolist()):
-                writer.add_scalar(f"{stage}/class_acc/{_tag_safe(name)}", value, step)
+                writer.add_scalar(f"{PER_CLASS_GROUP}/{_tag_safe(name)}", value, step)
 
     @staticmethod
     def _class_names(trainer: pl.Trainer, num_classes: int) -> list[str]:

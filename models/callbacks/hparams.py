@@ -3,7 +3,12 @@
 The record holds `model.*` and `data.*` hyperparameters without the ones the chosen settings never
 read (`applicable_hparams`: e.g. `model.optimizer.betas` under SGD, `model.scheduler.milestones`
 under one-cycle, Cutout's size with no holes), plus `seed`, `trainer.max_epochs`,
-`trainer.precision` and `trainer.world_size`. Booleans read "true" / "false", None reads "None".
+`trainer.precision` and `trainer.world_size`. Booleans read "true" / "false", an unset option (None)
+reads "off".
+
+The record is written when the fit (or a test-only run) starts, so a running or crashed run is in the
+table too; its metrics are the run's own scalar tags (`test/acc`, `val_best/acc`, ...), filled in as
+TensorBoard reads them, and the session's end (status) is written when the fit ends or fails.
 """
 
 from __future__ import annotations
@@ -13,24 +18,38 @@ import math
 import os
 import time
 from argparse import Namespace
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from models.callbacks._tensorboard import tensorboard_logger
+from models.callbacks.speed import SPEED_GROUP
 
 __all__ = [
     "HparamsWithFinalMetrics",
     "applicable_hparams",
     "flatten_hparams",
     "readable_hparams",
+    "METRICS",
+    "PRIMARY_HPARAMS",
     "OPTIMIZER_FIELDS_FOR",
     "SCHEDULER_FIELDS_FOR",
 ]
 
 _SIMPLE = (bool, int, float, str)
+OFF = "off"  # how an unset option (None: no SAM, no policy, no clamp) reads in the table
+
+# The HPARAMS metrics: scalar tags of the run itself (no copies under another name). TensorBoard
+# shows the first five as columns.
+METRICS = ("val_best/acc", "test/acc", "test/acc5", "test/loss", f"{SPEED_GROUP}/fit_time_s", "val_best/epoch")
+# The settings the table shows first, as its five ticked columns (TensorBoard ticks at most five:
+# the ones marked `differs` in the experiment record, in name order); the others follow by name.
+PRIMARY_HPARAMS = ("data.batch_size", "model.backbone", "model.optimizer.lr", "model.optimizer.name",
+                   "model.scheduler.name")
 
 # OptimizerConfig fields read only by some optimizers (models.optim.build_optimizer); the others
 # (lr, weight_decay, exclude_norm_and_bias, sam) apply to every optimizer.
@@ -59,7 +78,7 @@ def flatten_hparams(tree: Any, prefix: str = "") -> dict[str, bool | int | float
     """Flatten nested hyperparameters to `{"a.b.c": simple}` for TensorBoard's HPARAMS tab.
 
     Mappings, Namespaces and dataclass instances nest with "."; keys starting with "_" are skipped;
-    None becomes "None"; lists/tuples of simple values become their str; anything else (tensors,
+    None (an option left unset) becomes "off"; lists/tuples of simple values become their str; anything else (tensors,
     modules, callables) is dropped.
     """
     if isinstance(tree, Namespace):
@@ -74,7 +93,7 @@ def flatten_hparams(tree: Any, prefix: str = "") -> dict[str, bool | int | float
             flat.update(flatten_hparams(value, f"{prefix}.{key}" if prefix else str(key)))
         return flat
     if tree is None:
-        return {prefix: "None"}
+        return {prefix: OFF}
     if isinstance(tree, _SIMPLE):
         return {prefix: tree}
     if isinstance(tree, (list, tuple)) and all(isinstance(v, _SIMPLE) or v is None for v in tree):
@@ -147,22 +166,43 @@ def readable_hparams(flat: Mapping[str, Any]) -> dict[str, int | float | str]:
     return {key: ("true" if value else "false") if isinstance(value, bool) else value for key, value in flat.items()}
 
 
+def _plugin_data(summary: Summary) -> plugin_data_pb2.HParamsPluginData:
+    return plugin_data_pb2.HParamsPluginData.FromString(summary.value[0].metadata.plugin_data.content)
+
+
+def _with_plugin_data(summary: Summary, data: plugin_data_pb2.HParamsPluginData) -> Summary:
+    summary.value[0].metadata.plugin_data.content = data.SerializeToString()
+    return summary
+
+
+def trial_name(logger: Any, start: float) -> str:
+    """The HPARAMS "Trial ID": version first (the column is narrow), then the run name and start time.
+
+    `version_3 cpu_smoke 12-02 19:54:07`; the start time keeps runs of the same name and version in
+    different folders apart (TensorBoard merges sessions that share this name into one row).
+    """
+    version = logger.version
+    version = f"version_{version}" if isinstance(version, int) else str(version)
+    return f"{version} {logger.name} {time.strftime('%m-%d %H:%M:%S', time.localtime(start))}"
+
+
 class HparamsWithFinalMetrics(pl.Callback):
-    """Write the applicable hyperparameters with final metrics to TensorBoard's HPARAMS tab.
+    """Write the applicable hyperparameters and the run's final metrics to TensorBoard's HPARAMS tab.
 
     Hyperparameters: `pl_module.hparams` under `model.` and `trainer.datamodule.hparams` under
     `data.`, flattened by `flatten_hparams`, filtered by `applicable_hparams`, plus run settings
     (`seed` from `seed_everything`, `trainer.max_epochs`, `trainer.precision`, `trainer.world_size`).
     The record's column list (TensorBoard takes it from one run) names every setting, so runs with
     other optimizers keep their columns; a run's values are its applicable settings only (blank cells
-    elsewhere).
-    Metrics (scalars tagged for the HPARAMS table, written when known, at `trainer.global_step`):
-      `hp/val_acc_best`        max of `val/acc` over validation epochs (sanity check excluded)
-      `hp/val_acc_best_epoch`  the (0-based) epoch that first reached it, as in checkpoint names
-      `hp/fit_time_s`          wall time of `trainer.fit` in this process
-      `hp/test_acc`, `hp/test_acc5`, `hp/test_loss`  `test/acc`, `test/acc5`, `test/loss` of the last test run
-    The record is written once per log dir, at the end of fit or of a test-only run; a later test
-    adds the test values as newer points.
+    elsewhere). `primary` settings come first and are the ticked columns (see `PRIMARY_HPARAMS`).
+
+    The record (columns, this run's values, the metric list `METRICS`) is written at fit start (or at
+    test start of a test-only run), the session end when the fit ends (status success) or fails
+    (failure; aborted on Ctrl-C). Metrics are scalar tags the HPARAMS table reads their latest value from:
+      `val_best/acc`           max of `val/acc` so far, written after every validation (sanity check excluded)
+      `val_best/epoch`         the (0-based) epoch that first reached it, as in checkpoint names
+      `test/acc`, `test/acc5`, `test/loss`  the test metrics Lightning writes
+      `train/speed/fit_time_s` wall time of `trainer.fit` in this process, at fit end
 
     TensorBoard keeps only the first hparams record of a run, so Lightning's automatic
     `hp_metric` placeholder record (TensorBoardLogger's `default_hp_metric=True`) would hide this
@@ -170,16 +210,17 @@ class HparamsWithFinalMetrics(pl.Callback):
     Pass `TensorBoardLogger(..., default_hp_metric=False)` to make that explicit.
     """
 
-    METRICS = ("hp/val_acc_best", "hp/val_acc_best_epoch", "hp/test_acc", "hp/test_acc5", "hp/test_loss",
-               "hp/fit_time_s")
+    METRICS = METRICS
 
-    def __init__(self) -> None:
+    def __init__(self, primary: Sequence[str] = PRIMARY_HPARAMS) -> None:
         super().__init__()
+        self.primary = tuple(primary)
         self.best_val_acc = math.nan
         self.best_val_epoch = -1
         self.fit_time_s = math.nan
         self._fit_start = 0.0
-        self._written_dirs: set[str] = set()
+        self._started_dirs: set[str] = set()
+        self._ended_dirs: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_val_acc": self.best_val_acc, "best_val_epoch": self.best_val_epoch}  # a resumed fit keeps them
@@ -195,29 +236,34 @@ class HparamsWithFinalMetrics(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+        self._start_session(trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_session(trainer, pl_module)  # a test-only run; after a fit the record is there
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get("val/acc")
-        if value is not None:
-            value = float(value)
-            if math.isnan(self.best_val_acc) or value > self.best_val_acc:
-                self.best_val_acc = value
-                self.best_val_epoch = trainer.current_epoch
+        if value is None:
+            return
+        value = float(value)
+        if math.isnan(self.best_val_acc) or value > self.best_val_acc:
+            self.best_val_acc = value
+            self.best_val_epoch = trainer.current_epoch
+        self._log(trainer, {"val_best/acc": self.best_val_acc, "val_best/epoch": float(self.best_val_epoch)})
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_time_s = time.perf_counter() - self._fit_start
-        known = {"hp/val_acc_best": self.best_val_acc, "hp/fit_time_s": self.fit_time_s}
-        if self.best_val_epoch >= 0:
-            known["hp/val_acc_best_epoch"] = float(self.best_val_epoch)
-        self._write(trainer, pl_module, known)
+        self._log(trainer, {f"{SPEED_GROUP}/fit_time_s": self.fit_time_s})
+        self._end_session(trainer, api_pb2.STATUS_SUCCESS)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        known = {f"hp/test_{name}": float(metrics[f"test/{name}"]) for name in ("acc", "acc5", "loss")
-                 if f"test/{name}" in metrics}
-        self._write(trainer, pl_module, known)
+        self._end_session(trainer, api_pb2.STATUS_SUCCESS)  # a test-only run
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        interrupted = isinstance(exception, KeyboardInterrupt)
+        self._end_session(trainer, api_pb2.STATUS_ABORTED if interrupted else api_pb2.STATUS_FAILURE)
 
     def hyperparameters(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, applicable_only: bool = True
@@ -231,28 +277,55 @@ class HparamsWithFinalMetrics(pl.Callback):
             params = applicable_hparams(params)
         else:
             params = {key: value for key, value in params.items() if key not in _NOT_HYPERPARAMETERS}
-        seed = os.environ.get("PL_GLOBAL_SEED", "None")
+        seed = os.environ.get("PL_GLOBAL_SEED", OFF)
         params["seed"] = int(seed) if seed.isdigit() else seed
-        params["trainer.max_epochs"] = trainer.max_epochs if trainer.max_epochs is not None else "None"
+        params["trainer.max_epochs"] = trainer.max_epochs if trainer.max_epochs is not None else OFF
         params["trainer.precision"] = str(trainer.precision)
         params["trainer.world_size"] = trainer.world_size
         return readable_hparams(params)
 
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, known: dict[str, float]) -> None:
+    def _logger(self, trainer: pl.Trainer) -> Any:
         logger = tensorboard_logger(trainer)
-        if logger is None or not trainer.is_global_zero:
+        return logger if logger is not None and trainer.is_global_zero else None
+
+    def _log(self, trainer: pl.Trainer, values: dict[str, float]) -> None:
+        logger = self._logger(trainer)
+        values = {name: value for name, value in values.items() if not math.isnan(value)}
+        if logger is not None and values:
+            logger.log_metrics(values, step=trainer.global_step)
+
+    def _start_session(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = self._logger(trainer)
+        if logger is None or logger.log_dir in self._started_dirs:
             return
-        known = {name: value for name, value in known.items() if not math.isnan(value)}
-        if logger.log_dir not in self._written_dirs:
-            # The table's columns come from one run's experiment record: list every setting there, so runs
-            # with other optimizers or schedules keep their columns; this run's values only where they apply.
-            metrics = {name: math.nan for name in self.METRICS}
-            experiment, _, _ = hparams_summary(self.hyperparameters(trainer, pl_module, applicable_only=False), metrics)
-            _, start, end = hparams_summary(self.hyperparameters(trainer, pl_module), metrics)
-            file_writer = logger.experiment._get_file_writer()
-            for summary in (experiment, start, end):
-                file_writer.add_summary(summary)
-            self._written_dirs.add(logger.log_dir)
-        if known:
-            logger.log_metrics(known, step=trainer.global_step)
+        # The table's columns come from one run's experiment record: list every setting there, so runs
+        # with other optimizers or schedules keep their columns; this run's values only where they apply.
+        metrics = {name: math.nan for name in self.METRICS}
+        experiment, _, _ = hparams_summary(self.hyperparameters(trainer, pl_module, applicable_only=False), metrics)
+        _, start, _ = hparams_summary(self.hyperparameters(trainer, pl_module), metrics)
+        data = _plugin_data(experiment)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in self.primary  # TensorBoard lists these first and ticks five
+        _with_plugin_data(experiment, data)
+        now = time.time()
+        data = _plugin_data(start)
+        data.session_start_info.group_name = trial_name(logger, now)
+        data.session_start_info.start_time_secs = now
+        _with_plugin_data(start, data)
+        file_writer = logger.experiment._get_file_writer()
+        for summary in (experiment, start):
+            file_writer.add_summary(summary)
         logger.experiment.flush()
+        self._started_dirs.add(logger.log_dir)
+
+    def _end_session(self, trainer: pl.Trainer, status: int) -> None:
+        logger = self._logger(trainer)
+        if logger is None or logger.log_dir not in self._started_dirs or logger.log_dir in self._ended_dirs:
+            return
+        _, _, end = hparams_summary({"_": 0}, {})
+        data = _plugin_data(end)
+        data.session_end_info.status = status
+        data.session_end_info.end_time_secs = time.time()
+        logger.experiment._get_file_writer().add_summary(_with_plugin_data(end, data))
+        logger.experiment.flush()
+        self._ended_dirs.add(logger.log_dir)

@@ -1,5 +1,8 @@
 """`TrainingSpeedMonitor`: images per second, epoch wall time and CUDA peak memory as TensorBoard scalars.
 
+The tags sit under `train/speed/`: in TensorBoard's `train` group, after the loss, accuracy and
+learning-rate cards (cards sort by name), and no group of their own that would sort before `val`.
+
 Timing uses the host clock only, with no device synchronization of its own: on a GPU the host runs
 ahead of the device by the depth of the launch queue, and each window between two logging steps
 starts right after Lightning's own logging sync, so window rates are the device's rate up to that
@@ -18,7 +21,9 @@ import torch
 
 from models.callbacks._tensorboard import batch_step, is_logging_batch
 
-__all__ = ["TrainingSpeedMonitor", "batch_size_of", "cuda_peak_memory_gib"]
+__all__ = ["TrainingSpeedMonitor", "batch_size_of", "cuda_peak_memory_gib", "SPEED_GROUP"]
+
+SPEED_GROUP = "train/speed"
 
 
 def batch_size_of(batch: Any) -> int:
@@ -50,13 +55,13 @@ def cuda_peak_memory_gib(device: torch.device, reset: bool = True) -> float | No
 class TrainingSpeedMonitor(pl.Callback):
     """Log training speed to every logger (rank zero; images count all ranks: batch x world size).
 
-      `perf/images_per_s`         training images per second over the window since the previous
-                                  logging step (every `log_every_n_steps`), validation time left out;
-                                  at the step of the window's last batch
-      `perf/epoch_time_s`         wall time of the training epoch, validation included
-      `perf/val_time_s`           wall time of the epoch's validation runs
-      `perf/epoch_images_per_s`   the epoch's training images per second, validation left out
-      `perf/cuda_peak_memory_gib` peak CUDA memory allocated during the epoch (CUDA only)
+      `train/speed/images_per_s`         training images per second over the window since the previous
+                                         logging step (every `log_every_n_steps`), validation time left
+                                         out; at the step of the window's last batch
+      `train/speed/epoch_time_s`         wall time of the training epoch, validation included
+      `train/speed/val_time_s`           wall time of the epoch's validation runs
+      `train/speed/epoch_images_per_s`   the epoch's training images per second, validation left out
+      `train/speed/cuda_peak_memory_gib` peak CUDA memory allocated during the epoch (CUDA only)
     The epoch values sit at `trainer.global_step` at the end of the epoch. Totals of the fit are kept
     in `train_images`, `train_seconds` (validation left out) and `images_per_s`.
     """
@@ -92,7 +97,7 @@ class TrainingSpeedMonitor(pl.Callback):
         now = time.perf_counter()
         seconds = now - self._window_start - self._val_window
         if seconds > 0 and self._window_images and trainer.is_global_zero:
-            self._log(trainer, {"perf/images_per_s": self._window_images / seconds}, batch_step(trainer))
+            self._log(trainer, {f"{SPEED_GROUP}/images_per_s": self._window_images / seconds}, batch_step(trainer))
         self._window_start, self._window_images, self._val_window = now, 0, 0.0
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -110,12 +115,13 @@ class TrainingSpeedMonitor(pl.Callback):
         train_seconds = max(epoch_seconds - self._val_epoch, 1e-9)
         self.train_images += self._epoch_images
         self.train_seconds += train_seconds
-        metrics = {"perf/epoch_time_s": epoch_seconds, "perf/epoch_images_per_s": self._epoch_images / train_seconds}
+        metrics = {f"{SPEED_GROUP}/epoch_time_s": epoch_seconds,
+                   f"{SPEED_GROUP}/epoch_images_per_s": self._epoch_images / train_seconds}
         if self._val_epoch > 0:
-            metrics["perf/val_time_s"] = self._val_epoch
+            metrics[f"{SPEED_GROUP}/val_time_s"] = self._val_epoch
         peak = cuda_peak_memory_gib(pl_module.device, reset=False)
         if peak is not None:
-            metrics["perf/cuda_peak_memory_gib"] = peak
+            metrics[f"{SPEED_GROUP}/cuda_peak_memory_gib"] = peak
         if trainer.is_global_zero:
             self._log(trainer, metrics, trainer.global_step)
 
