@@ -147,7 +147,7 @@ def read_events(log_dir: str) -> ea.EventAccumulator:
 
 
 def grid_pixels(log_dir: str) -> np.ndarray:
-    image = read_events(log_dir).Images("train/augmented_batch")[0]
+    image = read_events(log_dir).Images("train/view/augmented_batch")[0]
     return np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB")).astype(np.float64)
 
 
@@ -189,7 +189,7 @@ def test_scalar_and_image_tags_are_logged(logged_run):
         assert tag in tags["scalars"], tag
     assert {f"val_per_class/{name}" for name in CLASS_NAMES} <= set(tags["scalars"])
     assert not [tag for tag in tags["scalars"] if tag.startswith(("hp/", "test/class_acc", "val/class_acc"))]
-    assert {"train/augmented_batch", "val/confusion_matrix", "val/per_class_acc", "test/confusion_matrix",
+    assert {"train/view/augmented_batch", "val/confusion_matrix", "val/per_class_acc", "test/confusion_matrix",
             "test/per_class_acc"} <= set(tags["images"])
     assert "hp_metric" not in tags["scalars"]  # Lightning's placeholder record was turned off
     assert len(logged_run.events.Scalars("train/loss")) == 3 * STEPS_PER_EPOCH
@@ -219,7 +219,7 @@ def test_confusion_counts_match_hand_computation(logged_run):
 
 
 def test_augmented_grid_shows_the_module_batch_unnormalized(logged_run):
-    images = logged_run.events.Images("train/augmented_batch")
+    images = logged_run.events.Images("train/view/augmented_batch")
     assert [e.step for e in images] == [0, 2 * STEPS_PER_EPOCH]  # epochs 0 and 2 with every_n_epochs=2
     # 5 images of 8x8 on a 3-column grid, padding 2: 2 rows
     assert (images[0].width, images[0].height) == (3 * 10 + 2, 2 * 10 + 2)
@@ -462,8 +462,8 @@ def test_augmented_batch_figure_places_upscaled_pairs_and_labels():
 
 
 def test_labelled_grid_is_logged_beside_the_pixel_grid(logged_run):
-    images = logged_run.events.Images("train/augmented_batch_labelled")
-    assert [e.step for e in images] == [e.step for e in logged_run.events.Images("train/augmented_batch")]
+    images = logged_run.events.Images("train/view/augmented_batch_labelled")
+    assert [e.step for e in images] == [e.step for e in logged_run.events.Images("train/view/augmented_batch")]
     expected = augmented_batch_figure(torch.zeros(5, 3, 8, 8), torch.zeros(5, 3, 8, 8), [""] * 5, title="t")
     width, height = (expected.get_size_inches() * expected.dpi).round().astype(int)
     assert (images[0].width, images[0].height) == (width, height)

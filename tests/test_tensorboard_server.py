@@ -87,7 +87,7 @@ def wait_for_tags(base: str, server: subprocess.Popen, run: str) -> tuple[dict, 
         try:
             scalars = get_json(base, "/data/plugin/scalars/tags").get(run, {})
             images = get_json(base, "/data/plugin/images/tags").get(run, {})
-            if "val/acc" in scalars and "train/augmented_batch" in images:
+            if "val/acc" in scalars and "train/view/augmented_batch" in images:
                 return scalars, images
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass  # not listening yet
@@ -122,14 +122,14 @@ def test_tensorboard_serves_scalars_and_images(tensorboard_logdir):
         run = "tb/version_0"
         scalars, images = wait_for_tags(base, server, run)
         assert {"train/loss", "val/acc"} <= set(scalars)
-        assert "train/augmented_batch" in images
+        assert "train/view/augmented_batch" in images
 
         train_loss = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="train/loss")
         assert [step for _, step, _ in train_loss] == list(range(STEPS_PER_EPOCH * EPOCHS))
         val_acc = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="val/acc")
         assert len(val_acc) == EPOCHS and all(0.0 <= acc <= 1.0 for _, _, acc in val_acc)
 
-        grids = get_json(base, "/data/plugin/images/images", run=run, tag="train/augmented_batch")
+        grids = get_json(base, "/data/plugin/images/images", run=run, tag="train/view/augmented_batch")
         assert [g["step"] for g in grids] == [0, STEPS_PER_EPOCH]  # first batch of each epoch
         with urllib.request.urlopen(f"{base}/data/plugin/images/individualImage?{grids[0]['query']}",
                                     timeout=5) as response:
@@ -168,7 +168,7 @@ def check_new_tags(base: str, run: str) -> None:
     speed = get_json(base, "/data/plugin/scalars/scalars", run=run, tag="train/speed/images_per_s")
     assert len(speed) == STEPS_PER_EPOCH * EPOCHS and all(value > 0 for _, _, value in speed)
 
-    (labelled,) = get_json(base, "/data/plugin/images/images", run=run, tag="train/augmented_batch_labelled")[:1]
+    (labelled,) = get_json(base, "/data/plugin/images/images", run=run, tag="train/view/augmented_batch_labelled")[:1]
     url = f"{base}/data/plugin/images/individualImage?{labelled['query']}"
     with urllib.request.urlopen(url, timeout=5) as response:
         width, height = Image.open(io.BytesIO(response.read())).size

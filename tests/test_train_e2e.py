@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 EPOCHS = 3
 SCALAR_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss")
-IMAGE_TAGS = ("train/augmented_batch", "val/confusion_matrix", "test/confusion_matrix")
+IMAGE_TAGS = ("train/view/augmented_batch", "val/confusion_matrix", "test/confusion_matrix")
 
 
 class TrainerSpy:

@@ -1,10 +1,11 @@
 """`AugmentedImageGrid`: the training batch the model really saw, as TensorBoard images.
 
-Two images per logged batch:
-  `train/augmented_batch`           the augmented tensors as a pixel-exact grid (no resampling, no text);
-  `train/augmented_batch_labelled`  a figure of (input, augmented) pairs, tiles upscaled, each pair
-                                    labelled with what the augmented image is made of, e.g.
-                                    "cat 0.62 / ship 0.38" (own class and weight, then the partner's).
+Two images per logged batch, under `train/view/` so that TensorBoard (cards sort by tag) shows them after
+the train curves and speed cards:
+  `train/view/augmented_batch`           the augmented tensors as a pixel-exact grid (no resampling, no text);
+  `train/view/augmented_batch_labelled`  a figure of (input, augmented) pairs, tiles upscaled, each pair
+                                         labelled with what the augmented image is made of, e.g.
+                                         "cat 0.62 / ship 0.38" (own class and weight, then the partner's).
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def augmented_batch_figure(
 
 
 class AugmentedImageGrid(pl.Callback):
-    """Log the augmented training batch to TensorBoard (`train/augmented_batch`, `train/augmented_batch_labelled`).
+    """Log the augmented training batch to TensorBoard (`train/view/augmented_batch` and `..._labelled`).
 
     Logged at the first batch of epoch 0 and of every `every_n_epochs`-th epoch after it, rank zero
     only, at the step of that batch (0 for the first). Images are un-normalized with
@@ -236,7 +237,7 @@ class AugmentedImageGrid(pl.Callback):
         n = min(self.max_images, images.shape[0])
         shown = denormalize_for_display(images[:n].detach(), mean, std).cpu().contiguous()
         writer = tensorboard_writer(trainer)
-        writer.add_image("train/augmented_batch", make_grid(shown, nrow=grid_columns(n), padding=2), self._step)
+        writer.add_image("train/view/augmented_batch", make_grid(shown, nrow=grid_columns(n), padding=2), self._step)
 
         x, y = self._batch_parts(batch)
         if inputs is None:
@@ -250,7 +251,7 @@ class AugmentedImageGrid(pl.Callback):
         title = (f"step {self._step}: input (left) and as trained (right); "
                  "label: own class and weight / partner class and weight")
         figure = augmented_batch_figure(originals, shown, labels, self.labelled_columns, self.upscale, title)
-        writer.add_figure("train/augmented_batch_labelled", figure, self._step)
+        writer.add_figure("train/view/augmented_batch_labelled", figure, self._step)
 
     @staticmethod
     def _batch_parts(batch: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
