@@ -1,8 +1,11 @@
-"""CIFARDataModule: CIFAR-10 / CIFAR-100 / ImageFolder data, splits and loaders for Lightning.
+"""CIFARDataModule: CIFAR-10 / CIFAR-100 / ImageFolder / CSV-labelled data, splits and loaders for Lightning.
 
 The module of ``augment.data`` that imports Lightning. Validation always comes from the training
 split (stratified hold-out or one of k stratified folds); the official test split is only ever the
-test loader.
+test loader. A csv dataset has no labelled test split: ``has_test`` is False and nothing is tested
+(testing on the validation split would report the split that selected the checkpoint as a test score).
+The DataModule's checkpoint state records the data facts a prediction needs: ``class_names``,
+``image_size`` (h, w), ``mean`` and ``std``.
 """
 
 from __future__ import annotations
@@ -14,17 +17,38 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from augment.checks import check_bool, check_choice, check_int, field_prefix, is_int, require
+from augment.checks import check_bool, check_choice, check_int, field_prefix, is_int, require, shown
 from augment.data.datasets import DATASETS, dataset_classes, dataset_stats, load_dataset
 from augment.data.loaders import ArrayDataset, DeviceBatchLoader
 from augment.data.splits import bootstrap_indices, stratified_kfold, stratified_split, stratified_subset
 from augment.data.transforms import WorkerSeeder, eval_transform, train_transform
 from augment.policies import build_policy
 
-__all__ = ["CIFARDataModule", "LOADERS"]
+__all__ = ["CIFARDataModule", "LOADERS", "check_image_size"]
 
 LOADERS = ("auto", "device", "workers")
 LOADER_ALIASES = {"gpu": "device", "cpu": "workers"}  # the names before "device" / "workers"
+
+
+IMAGE_SIZE_RANGE = (8, 4096)
+
+
+def check_image_size(field: str, value: Any) -> tuple[int, int] | None:
+    """``value`` (null, an int or [height, width]) as (h, w) or None; else a CheckError naming ``field``."""
+    low, high = IMAGE_SIZE_RANGE
+    rule = f"null, an int or [height, width], each an int in [{low}, {high}]"
+    if value is None:
+        return None
+    sides = [value] if is_int(value) else list(value) if isinstance(value, (list, tuple)) else None
+    ok = sides is not None and len(sides) in ((1,) if is_int(value) else (2,))
+    ok = ok and all(is_int(v) and low <= v <= high for v in sides)
+    require(ok, field, rule, value)
+    return (int(sides[0]), int(sides[-1]))
+
+
+def _check_column(field: str, value: Any) -> str:
+    require(isinstance(value, str) and value.strip() != "", field, "a column name (a non-empty string)", value)
+    return value
 
 
 def _loader_name(loader: Any) -> str:
@@ -42,8 +66,14 @@ class CIFARDataModule(pl.LightningDataModule):
     the model's device) or from DataLoader workers running albumentations (``loader="workers"``).
 
     Args:
-        dataset: cifar10 | cifar100 | imagefolder.
-        root: folder holding the data (torchvision CIFAR files or ``train/<class>/*``, ``test/<class>/*``).
+        dataset: cifar10 | cifar100 | imagefolder | csv.
+        root: folder holding the data (torchvision CIFAR files, ``train/<class>/*`` and ``test/<class>/*``, or
+            for csv the image files named in ``train_csv``).
+        train_csv: csv only: the label file, relative to ``root`` or absolute (``~`` expanded).
+        id_column: csv only: the column of image ids (a file name with or without its extension).
+        label_column: csv only: the column of labels (class names or integers; classes = sorted unique labels).
+        image_size: int or [height, width]: resize every image once, when it is decoded into the cache
+            (Pillow bicubic, antialiased); null keeps the images' size, which they must share.
         download: let torchvision fetch CIFAR into ``root`` (needs internet; rank 0 in ``prepare_data``).
         val_size: validation samples held out of train: int count or float fraction; 0 = no validation.
         num_folds: k for stratified k-fold validation (replaces ``val_size``); 0 = off.
@@ -72,6 +102,10 @@ class CIFARDataModule(pl.LightningDataModule):
         dataset: str = "cifar10",
         root: str = "data",
         download: bool = False,
+        train_csv: str | None = None,
+        id_column: str = "id",
+        label_column: str = "label",
+        image_size: int | list[int] | None = None,
         val_size: int | float = 5000,
         num_folds: int = 0,
         fold: int = 0,
@@ -92,6 +126,14 @@ class CIFARDataModule(pl.LightningDataModule):
         super().__init__()
         with field_prefix("data"):
             check_choice("dataset", dataset, DATASETS)
+            self._size_setting = check_image_size("image_size", image_size)
+            if dataset == "csv":
+                ok = isinstance(train_csv, str) and train_csv.strip() != ""
+                require(ok, "train_csv", "the label file (relative to data.root or absolute) for csv data", train_csv)
+            else:
+                require(train_csv is None, "train_csv", "null unless data.dataset is csv", train_csv)
+            _check_column("id_column", id_column)
+            _check_column("label_column", label_column)
             ok = (is_int(val_size) and val_size >= 0) or (isinstance(val_size, float) and 0.0 <= val_size < 1.0)
             require(ok, "val_size", "an int count >= 0 or a float fraction in [0, 1)", val_size)
             require(
@@ -125,6 +167,9 @@ class CIFARDataModule(pl.LightningDataModule):
         self.dataset = dataset
         self.root = root
         self.download = download
+        self.train_csv = train_csv
+        self.id_column = id_column
+        self.label_column = label_column
         self.val_size = val_size
         self.num_folds = num_folds
         self.fold = fold
@@ -161,10 +206,23 @@ class CIFARDataModule(pl.LightningDataModule):
     # Facts available right after __init__ (LightningCLI links data.num_classes -> model.num_classes)
 
     @property
-    def class_names(self) -> list[str]:
+    def _source(self) -> dict[str, Any]:
+        """What a csv dataset needs besides the root (empty for the others)."""
+        if self.dataset != "csv":
+            return {}
+        return {"train_csv": self.train_csv, "id_column": self.id_column, "label_column": self.label_column}
+
+    @property
+    def class_names(self) -> list[Any]:
+        """Class names in label order (csv: the sorted unique labels, ints or strings as in the file)."""
         if self._class_names is None:
-            self._class_names = dataset_classes(self.dataset, self.root)
+            self._class_names = dataset_classes(self.dataset, self.root, **self._source)
         return self._class_names
+
+    @property
+    def has_test(self) -> bool:
+        """Whether there is a labelled test split (a csv dataset has none: nothing is tested)."""
+        return self.dataset != "csv"
 
     @property
     def num_classes(self) -> int:
@@ -172,7 +230,12 @@ class CIFARDataModule(pl.LightningDataModule):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """(height, width) of the training images (reads the training split once, like ``setup``)."""
+        """(height, width) the model sees: ``data.image_size``, else the training images' common size
+        (32x32 for CIFAR; otherwise reads the training split once, like ``setup``)."""
+        if self._size_setting is not None:
+            return self._size_setting
+        if self.dataset in ("cifar10", "cifar100"):
+            return (32, 32)
         images, _ = self.arrays("train")
         return (int(images.shape[1]), int(images.shape[2]))
 
@@ -186,8 +249,35 @@ class CIFARDataModule(pl.LightningDataModule):
 
     def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self._stats is None:
-            self._stats = dataset_stats(self.dataset, self.root, download=self.download)
+            self._stats = dataset_stats(
+                self.dataset, self.root, download=self.download, image_size=self._size_setting, **self._source
+            )
         return self._stats
+
+    def train_class_counts(self) -> np.ndarray:
+        """int64 (num_classes,) images per class in the training part (after subset and bootstrap)."""
+        if self.train_indices is None:
+            self.setup("fit")
+        labels = self.arrays("train")[1][self.train_indices]
+        return np.bincount(labels, minlength=self.num_classes).astype(np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data facts stored in every checkpoint: class_names, image_size (h, w), mean, std."""
+        return {
+            "class_names": list(self.class_names),
+            "image_size": list(self.image_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resuming: the checkpoint's class list must be this data's (else the head's outputs mean other classes)."""
+        stored = state_dict.get("class_names")
+        if stored is not None and list(stored) != list(self.class_names):
+            raise ValueError(
+                f"the checkpoint was trained on {len(stored)} classes {shown(list(stored), 120)}, the data has "
+                f"{self.num_classes} classes {shown(list(self.class_names), 120)}: resume with the same data"
+            )
 
     # ----------------------------------------------------------------------------------------------
     # Lightning hooks
@@ -196,12 +286,14 @@ class CIFARDataModule(pl.LightningDataModule):
         """Download (once per node) and fill the cache, so every rank's ``setup`` reads the cache."""
         if self.download:
             for split in ("train", "test"):
-                load_dataset(self.dataset, self.root, split, download=True)
+                load_dataset(self.dataset, self.root, split, download=True, image_size=self._size_setting)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The split's uint8 images (N, H, W, C) and int64 labels (N,), read once and kept."""
         if split not in self._arrays:
-            images, labels, names = load_dataset(self.dataset, self.root, split, download=self.download)
+            images, labels, names = load_dataset(
+                self.dataset, self.root, split, download=self.download, image_size=self._size_setting, **self._source
+            )
             if split == "train":
                 self._class_names = names
             self._arrays[split] = (images, labels)
@@ -211,7 +303,7 @@ class CIFARDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and self.train_indices is None:
             _, labels = self.arrays("train")
             self.train_indices, self.val_indices = self._split(labels)
-        if stage in (None, "test", "predict"):
+        if stage in (None, "test", "predict") and self.has_test:
             self.arrays("test")
 
     def _split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -341,6 +433,9 @@ class CIFARDataModule(pl.LightningDataModule):
         return self._make("train", self.val_indices, train=False)
 
     def test_dataloader(self) -> Any:
+        """The official test split; ``[]`` for csv data (``has_test`` is False)."""
+        if not self.has_test:
+            return []
         if "test" not in self._arrays:
             self.setup("test")
         return self._make("test", None, train=False)

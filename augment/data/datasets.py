@@ -1,4 +1,5 @@
-"""Image classification datasets as uint8 arrays: CIFAR-10, CIFAR-100 and ImageFolder trees, with a disk cache.
+"""Image classification datasets as uint8 arrays: CIFAR-10, CIFAR-100, ImageFolder trees and CSV-labelled
+folders, with a disk cache.
 
 ``load_dataset(name, root, split)`` returns ``(images uint8 (N, H, W, 3) RGB, labels int64 (N,),
 class_names)``. Sources:
@@ -7,10 +8,19 @@ class_names)``. Sources:
   ``root/cifar-100-python``) through ``torchvision.datasets.CIFAR10/100``, or, auto-detected, an
   ImageFolder tree ``root/{train,test}/<class>/<image>`` (how the lossless CIFAR-100 copy is exported).
 - ``imagefolder``: ``root/{train,test}/<class>/<image>``, decoded once with Pillow to RGB; class
-  indices follow the sorted class folder names of ``train``; all images must share one size.
+  indices follow the sorted class folder names of ``train``.
+- ``csv``: ``root`` holds the images, ``train_csv`` (relative to ``root`` or absolute) names the label file
+  with an id column and a label column; an id is a file name with or without its extension. Labels are
+  ints when every label is written as an int, else strings; classes are the sorted unique labels. There
+  is only a train split.
+
+Images are decoded by ``augment.data.images`` (any Pillow format and mode to 8-bit RGB). ``image_size``
+(h, w) resizes every image once, while it is decoded (Pillow bicubic, antialiased); without it all images
+of a split must share one size.
 
 The decoded arrays are cached as ``.npz`` under ``<root>/.cifar_aug_cache/`` (or ``cache_dir``), keyed
-by dataset, split and a fingerprint of the source files (names, sizes, mtimes), written atomically
+by dataset, split and a fingerprint of the source files (names, sizes, mtimes) and of the size and resize
+method, written atomically
 (temporary file + ``os.replace``), so later loads skip decoding and torchvision's md5 checks.
 """
 
@@ -22,10 +32,21 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from augment.data.images import (
+    IMAGE_EXTENSIONS,
+    RESIZE_METHOD,
+    class_list,
+    find_images,
+    label_indices,
+    load_csv_labels,
+    read_images,
+    resize_images,
+)
 
 __all__ = [
     "DATASETS",
@@ -45,11 +66,10 @@ __all__ = [
     "check_dataset_name",
 ]
 
-DATASETS = ("cifar10", "cifar100", "imagefolder")
+DATASETS = ("cifar10", "cifar100", "imagefolder", "csv")
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 CACHE_DIRNAME = ".cifar_aug_cache"
-_CACHE_VERSION = "2"  # 2: the metadata holds a CRC-32 of the images
+_CACHE_VERSION = "3"  # 2: the metadata holds a CRC-32 of the images; 3: EXIF orientation, alpha composited
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR100_CLASSES = tuple(
@@ -145,39 +165,9 @@ def _scan_folder(root: Path, split: str, classes: Sequence[str]) -> tuple[list[s
     return paths, np.asarray(labels, dtype=np.int64), rows
 
 
-def _decode_rgb(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot decode image {path}: {err}") from None
-
-
-def _decode_all(paths: Sequence[str], workers: int | None = None) -> np.ndarray:
-    """Decode every image to one uint8 (N, H, W, 3) array; all images must share the first one's size."""
-    first = _decode_rgb(paths[0])
-    out = np.empty((len(paths), *first.shape), dtype=np.uint8)
-    out[0] = first
-
-    def decode_chunk(start: int, stop: int) -> None:
-        for i in range(start, stop):
-            img = _decode_rgb(paths[i])
-            if img.shape != first.shape:
-                raise ValueError(
-                    f"all images must have the same size: {paths[i]} is {img.shape[1]}x{img.shape[0]}, "
-                    f"{paths[0]} is {first.shape[1]}x{first.shape[0]} (resize the dataset first)"
-                )
-            out[i] = img
-
-    # Pillow releases the GIL while decoding, so threads use every core without pickling arrays.
-    workers = workers or min(8, os.cpu_count() or 1)
-    bounds = np.linspace(1, len(paths), num=min(len(paths), 4 * workers) + 1, dtype=int)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for fut in [pool.submit(decode_chunk, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]:
-            fut.result()
-    return out
+def _decode_all(paths: Sequence[str], image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode every image to one uint8 (N, H, W, 3) array (see ``augment.data.images.read_images``)."""
+    return read_images(paths, image_size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -296,14 +286,46 @@ def _write_cache(
 # Public API
 
 
-def dataset_classes(name: str, root: str | os.PathLike) -> list[str]:
-    """Class names in label order, cheaply: constants for CIFAR, sorted train class folders for imagefolder."""
+def _csv_path(root: Path, train_csv: str | os.PathLike | None) -> Path:
+    """The label file: ``train_csv`` with ``~`` expanded, relative to ``root`` unless absolute."""
+    if train_csv is None:
+        raise ValueError("data.train_csv must name the label file (relative to data.root or absolute) for csv data")
+    path = Path(train_csv).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise ValueError(f"data.train_csv {path} does not exist")
+    return path
+
+
+def _csv_labels(root: Path, source: dict[str, Any]) -> tuple[Path, list[str], list[Any]]:
+    """(label file, ids, labels) of a csv dataset; a missing column names data.id_column / data.label_column."""
+    from augment.checks import field_prefix
+
+    path = _csv_path(root, source.get("train_csv"))
+    with field_prefix("data"):
+        ids, labels = load_csv_labels(path, source.get("id_column", "id"), source.get("label_column", "label"))
+    return path, ids, labels
+
+
+def _size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    return (int(image_size[0]), int(image_size[1]))
+
+
+def dataset_classes(name: str, root: str | os.PathLike, **source: Any) -> list[Any]:
+    """Class names in label order, cheaply: constants for CIFAR, sorted train class folders for imagefolder,
+    the sorted unique labels of ``train_csv`` for csv (``source``: train_csv, id_column, label_column)."""
     check_dataset_name(name)
     root = Path(root).expanduser()
     if name == "cifar10":
         return list(CIFAR10_CLASSES)
     if name == "cifar100":
         return list(CIFAR100_CLASSES)
+    if name == "csv":
+        return class_list(_csv_labels(root, source)[2])
     if not _is_imagefolder(root):
         raise _missing_root(name, root)
     return _folder_classes(root)
@@ -315,13 +337,61 @@ def _resolve_cache(root: Path, cache_dir: str | os.PathLike | None | bool) -> Pa
     return root / CACHE_DIRNAME if cache_dir in (None, True) else Path(cache_dir).expanduser()
 
 
+def _load_csv(
+    root: Path, split: str, size: tuple[int, int] | None, cache: Path | None, source: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, list[Any], dict, tuple[Path, Path] | None]:
+    if split != "train":
+        raise ValueError(f"data.dataset=csv has only a train split (the labelled images), not {split!r}")
+    if not root.is_dir():
+        raise ValueError(f"data.root {root} is not a folder (it must hold the images named in data.train_csv)")
+    csv_path, ids, labels = _csv_labels(root, source)
+    classes = class_list(labels)
+    files = find_images(root, ids)
+    st = csv_path.stat()
+    rows = [(str(f.relative_to(root)) if f.is_relative_to(root) else str(f), *_stat(f)) for f in files]
+    parts = ["csv", str(root.resolve()), str(csv_path.resolve()), st.st_size, st.st_mtime_ns,
+             source.get("id_column", "id"), source.get("label_column", "label"), rows]
+    paths = _cache_paths(cache, _cache_name("csv", size), split, _fingerprint(_sized(parts, size))) if cache else None
+    cached = _read_cache(paths) if paths else None
+    if cached is not None:
+        return cached[0], cached[1], classes, cached[3], paths
+    images = _decode_all([str(f) for f in files], size)
+    targets = label_indices(labels, classes)
+    if paths:
+        _write_cache(paths, images, targets, [str(c) for c in classes], {})
+    return images, targets, classes, {}, paths
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _sized(parts: list, size: tuple[int, int] | None) -> list:
+    """Fingerprint parts with the target size and resize method (unchanged when images keep their size)."""
+    return parts if size is None else [*parts, ("image_size", size, RESIZE_METHOD)]
+
+
+def _cache_name(name: str, size: tuple[int, int] | None) -> str:
+    return name if size is None else f"{name}-{size[0]}x{size[1]}"
+
+
 def _load(
-    name: str, root: str | os.PathLike, split: str, download: bool, cache_dir: str | os.PathLike | None | bool
-) -> tuple[np.ndarray, np.ndarray, list[str], dict, tuple[Path, Path] | None]:
+    name: str,
+    root: str | os.PathLike,
+    split: str,
+    download: bool,
+    cache_dir: str | os.PathLike | None | bool,
+    image_size: Any = None,
+    source: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[Any], dict, tuple[Path, Path] | None]:
     """Load a split through the cache: (images, labels, class_names, cached extras, cache paths or None)."""
     check_dataset_name(name)
     _check_split(split)
+    size = _size(image_size)
     root = Path(root).expanduser()
+    if name == "csv":
+        return _load_csv(root, split, size, _resolve_cache(root, cache_dir), source or {})
     if name != "imagefolder" and root.name == _TORCHVISION_FOLDER[name]:
         root = root.parent  # pointed at the batches folder itself
     folder = _is_imagefolder(root)
@@ -333,7 +403,7 @@ def _load(
     cache = _resolve_cache(root, cache_dir)
 
     def cache_paths(parts: list) -> tuple[Path, Path] | None:
-        return _cache_paths(cache, name, split, _fingerprint(parts)) if cache else None
+        return _cache_paths(cache, _cache_name(name, size), split, _fingerprint(_sized(parts, size))) if cache else None
 
     if folder:
         classes = _folder_classes(root)
@@ -347,13 +417,15 @@ def _load(
         cached = _read_cache(paths) if paths else None
         if cached is not None:
             return (*cached, paths)
-        images = _decode_all(file_paths)
+        images = _decode_all(file_paths, size)
     else:
         paths = cache_paths(["torchvision", str(root.resolve()), split, _file_rows(tv_files)]) if tv_files else None
         cached = _read_cache(paths) if paths else None
         if cached is not None:
             return (*cached, paths)
         images, labels, classes = _load_torchvision(name, root, split, download)
+        if size is not None:
+            images = resize_images(images, size)
         if cache and not tv_files:  # just downloaded: fingerprint the fresh files
             paths = cache_paths(["torchvision", str(root.resolve()), split, _file_rows(_torchvision_files(root, name))])
     if paths:
@@ -367,13 +439,17 @@ def load_dataset(
     split: str,
     download: bool = False,
     cache_dir: str | os.PathLike | None | bool = None,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    image_size: int | Sequence[int] | None = None,
+    **source: Any,
+) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """Load one split as (images uint8 (N, H, W, 3) RGB, labels int64 (N,), class_names).
 
-    ``name``: cifar10 | cifar100 | imagefolder; ``split``: train | test. ``cache_dir``: None =
-    ``<root>/.cifar_aug_cache``, False = no cache, else a folder.
+    ``name``: cifar10 | cifar100 | imagefolder | csv; ``split``: train | test (csv: train only).
+    ``cache_dir``: None = ``<root>/.cifar_aug_cache``, False = no cache, else a folder. ``image_size``: int
+    or (h, w) to resize every image once (None: the images' own size, which they must share). ``source``
+    (csv): ``train_csv``, ``id_column`` (default ``id``), ``label_column`` (default ``label``).
     """
-    images, labels, classes, _, _ = _load(name, root, split, download, cache_dir)
+    images, labels, classes, _, _ = _load(name, root, split, download, cache_dir, image_size, source)
     return images, labels, classes
 
 
@@ -401,14 +477,17 @@ def dataset_stats(
     root: str | os.PathLike = "data",
     download: bool = False,
     cache_dir: str | os.PathLike | None | bool = None,
+    image_size: int | Sequence[int] | None = None,
+    **source: Any,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalization (mean, std) in [0, 1] units: CIFAR constants, or computed from an imagefolder's train split."""
+    """Normalization (mean, std) in [0, 1] units: CIFAR constants, or computed from the train split of an
+    imagefolder or csv dataset (at ``image_size``; ``source`` as in `load_dataset`)."""
     check_dataset_name(name)
     if name == "cifar10":
         return CIFAR10_MEAN, CIFAR10_STD
     if name == "cifar100":
         return CIFAR100_MEAN, CIFAR100_STD
-    images, labels, classes, extra, paths = _load(name, root, "train", download, cache_dir)
+    images, labels, classes, extra, paths = _load(name, root, "train", download, cache_dir, image_size, source)
     if "mean" in extra and "std" in extra:
         return extra["mean"], extra["std"]
     mean, std = channel_stats(images)

@@ -34,6 +34,7 @@ __all__ = [
     "image_files",
     "decode_rgb",
     "read_images",
+    "resize_images",
     "find_image",
     "find_images",
     "read_csv",
@@ -112,7 +113,7 @@ def decode_rgb(path: str | os.PathLike, image_size: tuple[int, int] | None = Non
         raise ValueError(f"image file {path} does not exist") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, TypeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read image {path}: {first}") from None
+        raise ValueError(f"cannot decode image {path}: {first}") from None
     if image_size is not None and rgb.shape[:2] != tuple(image_size):
         h, w = image_size
         rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None))
@@ -140,8 +141,9 @@ def read_images(
             img = decode_rgb(paths[i], size)
             if img.shape != first.shape:
                 raise ValueError(
-                    f"images differ in size ({paths[i]} is {img.shape[1]}x{img.shape[0]}, {paths[0]} is "
-                    f"{first.shape[1]}x{first.shape[0]} (width x height)): set data.image_size to resize them"
+                    f"all images must have the same size: {paths[i]} is {img.shape[1]}x{img.shape[0]}, "
+                    f"{paths[0]} is {first.shape[1]}x{first.shape[0]} (width x height); set data.image_size "
+                    "to resize them"
                 )
             out[i] = img
 
@@ -149,6 +151,27 @@ def read_images(
     bounds = np.linspace(1, len(paths), num=min(len(paths), 4 * workers) + 1, dtype=int)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for fut in [pool.submit(decode_chunk, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]:
+            fut.result()
+    return out
+
+
+def resize_images(images: np.ndarray, image_size: tuple[int, int], workers: int | None = None) -> np.ndarray:
+    """uint8 (N, H, W, 3) images resized to ``image_size`` (h, w) by the module's method (a copy; as is if equal)."""
+    from PIL import Image
+
+    h, w = int(image_size[0]), int(image_size[1])
+    if images.shape[1:3] == (h, w):
+        return images
+    out = np.empty((len(images), h, w, images.shape[3]), dtype=np.uint8)
+
+    def resize_chunk(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            out[i] = np.asarray(Image.fromarray(images[i]).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None))
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    bounds = np.linspace(0, len(images), num=min(len(images), 4 * workers) + 1, dtype=int)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for fut in [pool.submit(resize_chunk, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]:
             fut.result()
     return out
 
