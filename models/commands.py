@@ -209,7 +209,10 @@ def predict_command(argv: Sequence[str]) -> int:
 def _unlabelled(images_dir: Path, ids: str | None, id_column: str, image_size: tuple[int, int]) -> Any:
     from augment.data.images import load_unlabelled
 
-    data = load_unlabelled(images_dir, ids_csv=ids, id_column=id_column, image_size=image_size)
+    try:
+        data = load_unlabelled(images_dir, ids_csv=ids, id_column=id_column, image_size=image_size)
+    except CheckError as err:
+        raise (err.with_field("--id-column") if err.field == "id_column" else err) from None
     if len(data.ids) == 0:
         field = "--images" if ids is None else "--ids"
         raise CheckError(field, "a source of at least one image", str(ids or images_dir))

@@ -150,25 +150,16 @@ def resolve_members(paths: Sequence[str | Path], field: str = "--members") -> li
 # What a checkpoint holds
 
 
-def _stored(checkpoint: dict[str, Any], key: str) -> Any:
-    """``key`` where a checkpoint of this project stores data facts: top level, the DataModule's state,
-    the classifier's or the DataModule's hyperparameters."""
-    places = [checkpoint]
-    places += [v for k, v in checkpoint.items() if str(k).endswith("DataModule") and isinstance(v, dict)]
-    places += [checkpoint.get("hyper_parameters") or {}, checkpoint.get("datamodule_hyper_parameters") or {}]
-    for place in places:
-        if place.get(key) is not None:
-            return place[key]
-    return None
-
-
 def checkpoint_facts(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
-    """class_names (training label order), image_size (h, w), mean and std ([0, 1] units) of a checkpoint.
+    """class_names (training label order), image_size (h, w), mean and std ([0, 1] units) of a checkpoint,
+    as the run recorded them (`augment.data.images.checkpoint_data_info`).
 
-    Checkpoints that predate stored facts: CIFAR-10/100 (their constants, 32x32) and an ImageFolder
+    Checkpoints that predate recorded facts: CIFAR-10/100 (their constants, 32x32) and an ImageFolder
     whose training folder is still there (read from it).
     """
-    facts = {key: _stored(checkpoint, key) for key in ("class_names", "image_size", "mean", "std")}
+    from augment.data.images import checkpoint_data_info
+
+    facts = dict(zip(("class_names", "image_size", "mean", "std"), checkpoint_data_info(checkpoint)))
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if any(v is None for v in facts.values()) and data.get("dataset") is not None:
         from augment.data.datasets import dataset_classes, dataset_stats

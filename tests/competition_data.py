@@ -38,6 +38,30 @@ def sample_images(n: int = 12, size: int = 32, seed: int = 5) -> tuple[np.ndarra
     return images[order], labels[order]
 
 
+def reference_logits(run: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(EMA logits, trained-backbone logits) of a run's best checkpoint for uint8 (N, 3, H, W), normalized with
+    the mean/std of the run's DataModule: computed here without models.predict."""
+    import inspect
+
+    import torch
+
+    from augment.data import CIFARDataModule
+    from models.classifier import CifarClassifier
+
+    ckpt_path = next((run / "checkpoints").glob("best*.ckpt"))
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    names = set(inspect.signature(CifarClassifier.__init__).parameters)
+    model = CifarClassifier(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k in names})
+    model.load_state_dict(checkpoint["state_dict"])
+    data = checkpoint["datamodule_hyper_parameters"]
+    dm = CIFARDataModule(dataset=data["dataset"], root=data["root"])
+    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dm.std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(images).float() / 255 - mean) / std
+    with torch.no_grad():
+        return model.ema.module.eval()(x).numpy(), model.backbone.eval()(x).numpy()
+
+
 @dataclass
 class Study:
     root: Path  # the ImageFolder the runs trained on

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from competition_data import kfold_study
+from competition_data import kfold_study, reference_logits
 
 from models.commands import main
 
@@ -21,27 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return kfold_study(tmp_path_factory).runs[0]
-
-
-def _reference(run: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(EMA logits, trained-backbone logits) for uint8 (N, 3, H, W), normalized by the run's DataModule."""
-    import inspect
-
-    from augment.data import CIFARDataModule
-    from models.classifier import CifarClassifier
-
-    ckpt_path = next((run / "checkpoints").glob("best*.ckpt"))
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    names = set(inspect.signature(CifarClassifier.__init__).parameters)
-    model = CifarClassifier(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k in names})
-    model.load_state_dict(checkpoint["state_dict"])
-    data = checkpoint["datamodule_hyper_parameters"]
-    dm = CIFARDataModule(dataset=data["dataset"], root=data["root"])
-    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dm.std).view(1, 3, 1, 1)
-    x = (torch.from_numpy(images).float() / 255 - mean) / std
-    with torch.no_grad():
-        return model.ema.module.eval()(x).numpy(), model.backbone.eval()(x).numpy()
 
 
 def _images(n: int, seed: int = 1) -> np.ndarray:
@@ -64,7 +43,7 @@ def test_onnx_export_equals_pytorch_with_ema_weights(run: Path, tmp_path: Path, 
     for n in (1, 5):  # dynamic batch axis
         images = _images(n)
         got = session.run(["logits"], {"images": images})[0]
-        ema, trained = _reference(run, images)
+        ema, trained = reference_logits(run, images)
         assert got.shape == (n, 4)
         assert np.abs(got - ema).max() <= 1e-4
         assert np.abs(got - trained).max() > 1e-3  # the EMA copy was exported, not the trained weights
@@ -81,7 +60,7 @@ def test_torchscript_export_equals_pytorch(run: Path, tmp_path: Path, capsys: py
     images = _images(3, seed=2)
     with torch.no_grad():
         got = loaded(torch.from_numpy(images)).numpy()
-    assert np.abs(got - _reference(run, images)[0]).max() <= 1e-4
+    assert np.abs(got - reference_logits(run, images)[0]).max() <= 1e-4
 
 
 @pytest.fixture
