@@ -192,6 +192,8 @@ def test_custom_scalars_layout_overlays_train_and_val(run):
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
     assert charts["loss (epoch means)"] == [r"^train/loss$", r"^val/loss$"]
     assert charts["top-1 accuracy"] == [r"^train/acc$", r"^val/acc$"]
+    assert list(charts) == ["loss (epoch means)", "top-1 accuracy", "learning rate", "top-5 accuracy"]
+    assert charts["learning rate"] == [r"^train/lr(/.*)?$"]
 
 
 def test_progress_line_after_the_first_epoch_and_cpu_warning(run):

@@ -7,7 +7,7 @@
 - `LearningRateLogger`: Lightning's `LearningRateMonitor` writing `train/lr` (one curve while all
   parameter groups share the rate), from step 0 on.
 - `TrainValLayout`: TensorBoard's Custom Scalars tab with train and val loss, and train and val
-  accuracy, overlaid in one chart each.
+  accuracy, overlaid in one chart each, and the learning rate.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ DEFAULT_LAYOUT: dict[str, dict[str, list[Any]]] = {
     "train vs val": {
         "loss (epoch means)": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
         "top-1 accuracy": ["Multiline", [r"^train/acc$", r"^val/acc$"]],
+        "learning rate": ["Multiline", [r"^train/lr(/.*)?$"]],
         "top-5 accuracy": ["Multiline", [r"^train/acc5$", r"^val/acc5$"]],
     },
 }
@@ -126,7 +127,7 @@ class TrainValLayout(pl.Callback):
     """Write a Custom Scalars layout once at fit start (rank zero): charts that overlay tags by regex.
 
     `layout`: `{category: {chart title: ["Multiline", [tag regex, ...]]}}` (TensorBoard's format);
-    default `DEFAULT_LAYOUT` (train vs val loss, top-1 and top-5 accuracy).
+    default `DEFAULT_LAYOUT` (train vs val loss, top-1 accuracy, the learning rate, top-5 accuracy).
     """
 
     def __init__(self, layout: Mapping[str, Mapping[str, Sequence[Any]]] | None = None) -> None:
