@@ -36,7 +36,7 @@ def test_onnx_export_equals_pytorch_with_ema_weights(run: Path, tmp_path: Path, 
     stdout = capsys.readouterr().out
     assert "EMA weights" in stdout and "opset 18" in stdout and "max abs logit diff" in stdout
     side = json.loads((tmp_path / "model.onnx.json").read_text())
-    assert side["class_names"] == [f"class_{k}" for k in range(4)]
+    assert side["class_names"] == [3, 7, 11, 20]  # the training CSV's integer labels
     assert side["input"]["shape"] == ["batch", 3, 32, 32] and side["input"]["dtype"] == "uint8"
     assert side["opset"] == 18 and side["ema_weights"] is True and side["check"]["max_abs_diff"] <= 1e-4
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

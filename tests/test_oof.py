@@ -24,30 +24,29 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_kfold_runs_write_held_out_predictions(tmp_path_factory: pytest.TempPathFactory) -> None:
     study = kfold_study(tmp_path_factory)
-    classes = [f"class_{k}" for k in range(4)]
-    indices: list[set[int]] = []
+    classes = ["3", "7", "11", "20"]  # the CSV's integer labels, sorted as numbers
+    held_out: list[set[str]] = []
     for fold, (run, metrics) in enumerate(zip(study.runs, study.metrics)):
         path = run / "oof.csv"
         with path.open(newline="") as f:
             header = next(csv.reader(f))
-        assert header == ["index", "fold", "label", "pred", *(f"prob_{c}" for c in classes)]
+        assert header == ["id", "fold", "label", "pred", *(f"prob_{c}" for c in classes)]
         rows = _rows(path)
         assert len(rows) == 48  # half of 4 x 24 training images
         assert {r["fold"] for r in rows} == {str(fold)}
         probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
         assert [r["pred"] for r in rows] == [classes[k] for k in probs.argmax(1)]
-        # the training ImageFolder: class_k holds images 24k .. 24k + 23
-        assert all(r["label"] == classes[int(r["index"]) // 24] for r in rows)
-        assert [r["label"] for r in rows].count("class_0") == 12  # stratified folds
+        assert all(r["label"] == str(study.labels[r["id"]]) for r in rows)  # the CSV's ids and labels
+        assert [r["label"] for r in rows].count("3") == 12  # stratified folds
         accuracy = np.mean([r["label"] == r["pred"] for r in rows])
         assert metrics["oof/acc"] == pytest.approx(accuracy, abs=1e-6)
         # the selected checkpoint's weights on its validation split: the run's best val/acc (one image of slack
         # for a near tie that a different batch order could flip)
         assert accuracy == pytest.approx(metrics["val/acc_best"], abs=1 / 48 + 1e-9)
-        indices.append({int(r["index"]) for r in rows})
-    assert not indices[0] & indices[1]
-    assert indices[0] | indices[1] == set(range(96))  # every training image held out exactly once
+        held_out.append({r["id"] for r in rows})
+    assert not held_out[0] & held_out[1]
+    assert held_out[0] | held_out[1] == set(study.labels)  # every training image held out exactly once
 
 
 def test_no_kfold_no_file(tmp_path: Path) -> None:

@@ -54,11 +54,15 @@ def write_oof(
 
 
 def _held_out_ids(datamodule: Any, indices: np.ndarray) -> tuple[list[Any], str]:
-    """(ids, column name): the training rows' ids when the data has them (a CSV's id column), else indices."""
-    ids = getattr(datamodule, "train_ids", None)
-    ids = ids() if callable(ids) else ids
-    if ids is not None and len(ids) > int(indices.max(initial=0)):
-        return [ids[i] for i in indices], "id"
+    """(ids, column name): csv data: the label file's ids (the training arrays are in its row order) under
+    its id column; other data: the indices into the training split, as ``index``."""
+    if getattr(datamodule, "dataset", None) == "csv":
+        from augment.data.images import load_csv_labels
+
+        path = Path(datamodule.train_csv).expanduser()
+        path = path if path.is_absolute() else Path(datamodule.root).expanduser() / path
+        ids = load_csv_labels(path, datamodule.id_column, datamodule.label_column)[0]
+        return [ids[i] for i in indices], datamodule.id_column
     return [int(i) for i in indices], "index"
 
 
