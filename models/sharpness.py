@@ -57,7 +57,7 @@ METRIC_NAMES = (
     "sharpness/loss",
     "sharpness/hessian_iterations",
 )
-HPARAM_METRICS = ("hp/hessian_max_eig", "hp/eps_sharpness")
+HPARAM_METRICS = ("sharpness/hessian_max_eig", "sharpness/eps_sharpness")  # the run's own tags
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

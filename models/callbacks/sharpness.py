@@ -30,8 +30,8 @@ class Sharpness(pl.Callback):
       - TensorBoard scalars `sharpness/hessian_max_eig`, `sharpness/eps_sharpness`, `sharpness/loss`,
         `sharpness/hessian_iterations` at the last global step, and the settings as text
         `sharpness/settings`;
-      - HPARAMS metrics `hp/hessian_max_eig`, `hp/eps_sharpness` (added to the run's
-        `HparamsWithFinalMetrics` record, values logged after it at teardown);
+      - HPARAMS metrics: the scalar tags `sharpness/hessian_max_eig` and `sharpness/eps_sharpness`
+        themselves (added to the run's `HparamsWithFinalMetrics` record; no copies under `hp/`);
       - the `sharpness/*` values in `trainer.callback_metrics`, so `models.cli.run` returns them;
       - `self.result`, a SharpnessResult.
     """
@@ -97,17 +97,6 @@ class Sharpness(pl.Callback):
             writer = getattr(trainer.logger, "experiment", None)
             if hasattr(writer, "add_text"):
                 writer.add_text("sharpness/settings", json.dumps(result.settings), trainer.global_step)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """After on_fit_end (where HparamsWithFinalMetrics writes its record): the HPARAMS values."""
-        if self.result is None or stage != "fit" or not trainer.is_global_zero:
-            return
-        values = {"hp/hessian_max_eig": self.result.hessian_max_eig, "hp/eps_sharpness": self.result.eps_sharpness}
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=trainer.global_step)
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "flush"):
-                experiment.flush()
 
     @contextmanager
     def _weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module) -> Iterator[str]:
