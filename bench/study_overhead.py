@@ -1,13 +1,15 @@
 """What Ray Tune costs and gains a study on one machine: N tiny trials one after another in this process (the
-old sequential runner, all cores to each fit) against the same N as Ray trials, 1 and K at a time.
+old sequential runner) against the same N as Ray trials, 1 and K at a time.
 
-    python -m bench.study_overhead                 # 4 trials, 2 at a time, on synthetic 32x32 data
-    python -m bench.study_overhead --trials 4 --concurrent 2 --epochs 3
+    python -m bench.study_overhead                 # 4 trials, 2 at a time, 6 epochs on 800 synthetic 32x32 images
+    python -m bench.study_overhead --trials 4 --concurrent 2 --epochs 2 --images 64
 
-Prints one table: wall time of each mode and its ratio to the sequential run, Ray's start-up and shutdown
-(fixed cost per study) and Ray's cost per trial ((Ray one at a time - start-up - sequential) / N: worker
-start, imports, Tune's bookkeeping and the per-epoch reports). Every trial is the same tiny fit (timm
-test_resnet on a synthetic 4-class ImageFolder); the data lives in a temporary folder.
+Every fit uses one torch thread (on a shared 2-core machine two spinning OpenMP threads make a tiny CNN's
+step 10-30x slower), so the modes differ only in how many fits run at once. Prints one table: wall time of
+each mode and its ratio to the sequential run; Ray's start-up and shutdown (fixed cost per study); Ray's cost
+per trial ((Ray one at a time - start-up - sequential) / N: worker start, imports, Tune's bookkeeping and
+the per-epoch reports). Every trial is the same tiny fit (timm test_resnet on a synthetic 4-class
+ImageFolder); the data lives in a temporary folder.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ def _sequential(study_path: Path, out: Path, data: Path, threads: int) -> float:
 
 
 def _ray(study_path: Path, out: Path, data: Path, concurrent: int, cpus: int) -> tuple[float, float, float]:
-    """(init s, trials s, shutdown s) of the study as Ray trials, `concurrent` at a time with `cpus` each."""
-    options = EngineOptions(max_concurrent=concurrent, cpus_per_trial=cpus)
+    """(init s, trials s, shutdown s) of the study as Ray trials, `concurrent` at a time with `cpus` each
+    (one torch thread per fit, as in the sequential run)."""
+    options = EngineOptions(max_concurrent=concurrent, cpus_per_trial=cpus, threads=1)
     start = time.perf_counter()
     with ray_session(options):
         ready = time.perf_counter()
@@ -87,16 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.study_overhead", description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--images", type=int, default=64, help="training images per class (4 classes)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--images", type=int, default=200, help="training images per class (4 classes)")
     opts = p.parse_args(argv)
     cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="study-overhead-"))
     try:
         data = _imagefolder(tmp / "data", opts.images)
         study = _study(tmp, opts.trials, opts.epochs)
-        seq = _sequential(study, tmp / "seq", data, cores)
+        seq = _sequential(study, tmp / "seq", data, 1)
+        print(f"[overhead] sequential: {seq:.1f} s", flush=True)
         init1, ray1, stop1 = _ray(study, tmp / "ray1", data, 1, cores)
+        print(f"[overhead] Ray 1 at a time: {init1 + ray1 + stop1:.1f} s", flush=True)
         initk, rayk, stopk = _ray(study, tmp / "rayk", data, opts.concurrent, max(1, cores // opts.concurrent))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{opts.trials} tiny trials (test_resnet, {opts.epochs} epochs, {4 * opts.images} images), {cores} cores")
     print("| mode | wall s | vs sequential |")
     print("|---|---|---|")
-    print(f"| sequential, one process, {cores} threads | {seq:.1f} | 1.00 |")
+    print(f"| sequential, one process | {seq:.1f} | 1.00 |")
     print(f"| Ray, 1 at a time, {cores} CPUs each | {total1:.1f} | {total1 / seq:.2f} |")
     print(f"| Ray, {opts.concurrent} at a time, {max(1, cores // opts.concurrent)} CPUs each | {totalk:.1f} | "
           f"{totalk / seq:.2f} |")  # fmt: skip
