@@ -246,3 +246,32 @@ def test_submission_table_formats() -> None:
     table = [{"id": "a", "dog": "", "cat": ""}]  # probability columns in the sample's order
     assert submission_table(["a"], probs[:1], ["cat", "dog"], "probs", table) == (
         ["id", "dog", "cat"], [["a", "0.9", "0.1"]])
+
+
+def test_train_py_dispatches_predict_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from models.cli import main as train_main
+
+    out = tmp_path / "taken.csv"
+    out.write_text("")
+    assert train_main(["predict", "--members", "m", "--images", ".", "--output", str(out)]) == 2
+    assert _one_line_error(capsys).startswith("error: --output must be a file that does not exist yet")
+    assert train_main(["export", "--help"]) == 0
+    assert "--format {onnx,torchscript}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_py_predict_subprocess(study, images, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+
+    folder, _, _ = images
+    out = tmp_path / "sub.csv"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "predict", "--members", str(study.runs[0]), str(study.runs[1]),
+         "--images", str(folder), "--output", str(out), "--device", "auto"],
+        capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "predicted 8 images x 2 members x 1 view (none) on cpu" in done.stdout
+    assert _read(out)[0] == ["id", "label"] and len(_read(out)[1]) == 8
