@@ -275,3 +275,14 @@ def test_train_py_predict_subprocess(study, images, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "predicted 8 images x 2 members x 1 view (none) on cpu" in done.stdout
     assert _read(out)[0] == ["id", "label"] and len(_read(out)[1]) == 8
+
+
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import models.commands
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models.commands, "predict_command", interrupted)
+    assert main(["predict", "--members", "m"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C): predict stopped, nothing written"
