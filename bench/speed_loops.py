@@ -289,7 +289,8 @@ def _lightning_trainer(
     `sam` wraps the optimizer in SAM."""
     from pytorch_lightning.callbacks import Checkpoint, EarlyStopping
 
-    from models.cli import CifarCLI, LastCheckpoint
+    from models.callbacks import LastCheckpoint
+    from models.cli import CifarCLI
 
     with unittest.mock.patch.object(sys, "argv", sys.argv[:1]):  # the config is all in args, not sys.argv
         cli = CifarCLI(_cli_args(settings, root, mix, workdir, subset, sam))

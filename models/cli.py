@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from jsonargparse import Namespace
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -42,8 +41,11 @@ from models.callbacks import (
     TrainingSpeedMonitor,
     TrainValLayout,
 )
+from models.callbacks.checkpoints import LastCheckpoint, RunCheckpoint
+from models.callbacks.interrupt import CtrlCAtBatchEnd
 from models.callbacks.oof import HeldOutPredictions
 from models.callbacks.sharpness import Sharpness
+from models.callbacks.weight_noise import WeightNoise
 from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
 from models.preflight import (
@@ -53,7 +55,6 @@ from models.preflight import (
     check_meaningful,
     check_settings,
 )
-from models.regularizers import WeightNoise
 from models.resume import check_resumable, continue_checkpoint_dir, local_path, read_checkpoint
 from models.run_dir import logs_under_root_dir
 from models.run_folder import RunFolder, check_run_dir_location, claim_version_folder, set_status
@@ -77,41 +78,6 @@ USER_ERRORS = (
 
 
 MODEL_SECTIONS = (*SECTIONS, "optimizer", "scheduler")  # config dataclasses under `model:`
-
-
-class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose `{step}` / `{epoch}` in file names are always the trainer's own counters.
-
-    The step-axis callback logs a `step` metric at epoch ends (Lightning's way to set the x value of
-    epoch-level scalars); Lightning would otherwise read `{step}` from that stale logged value, so
-    mid-epoch step checkpoints would all get the previous epoch end's name and overwrite each other.
-    """
-
-    def _monitor_candidates(self, trainer: Any) -> dict[str, torch.Tensor]:
-        candidates = super()._monitor_candidates(trainer)
-        candidates["step"] = torch.tensor(trainer.global_step)
-        candidates["epoch"] = torch.tensor(trainer.current_epoch)
-        return candidates
-
-
-class LastCheckpoint(RunCheckpoint):
-    """Writes `last.ckpt` at the end of every epoch, for resuming.
-
-    Lightning >= 2.6 refreshes a monitored ModelCheckpoint's `save_last` file only in epochs that also
-    save a new top-k file, so there `last.ckpt` is the stale best epoch whenever val/acc did not
-    improve (and `save_last="link"` links it to that stale file). This unmonitored top-1 checkpoint
-    named `last` is rewritten at the end of every training epoch instead (after that epoch's validation,
-    when it has one); its own class keeps its state key distinct.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(
-            filename="last",
-            monitor=None,
-            save_top_k=1,
-            enable_version_counter=False,
-            save_on_train_epoch_end=True,  # every training epoch, whatever check_val_every_n_epoch is
-        )
 
 
 def _trainer_defaults() -> dict[str, Any]:
@@ -308,33 +274,6 @@ class RunInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         """128 + the signal number, as a shell reports a process the signal ended (130 / 143)."""
         return 128 + int(signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
-
-
-class CtrlCAtBatchEnd(pl.Callback):
-    """The first Ctrl-C during fit takes effect at the end of the current batch, a second one at once.
-
-    A KeyboardInterrupt raised straight from the signal can land inside a weakref callback or a
-    ``__del__`` (frequent with many tensors alive), where Python prints "Exception ignored" and drops it;
-    raised from a batch-end hook it always reaches Lightning's interrupt handling.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def request(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def _stop_if_requested(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        self._stop_if_requested()
-
-    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        self._stop_if_requested()
 
 
 def _last_checkpoint(trainer: Any) -> str | None:

@@ -283,7 +283,7 @@ def test_many_classes_skip_per_class_scalars_but_keep_figures(tmp_path):
 
 
 def test_confusion_figure_text_only_for_few_classes():
-    from models.callbacks import _confusion_figure
+    from models.callbacks import confusion_figure as _confusion_figure
 
     small = _confusion_figure(torch.eye(4, dtype=torch.float64), CLASS_NAMES, "t")
     large = _confusion_figure(torch.eye(100, dtype=torch.float64), [str(i) for i in range(100)], "t")

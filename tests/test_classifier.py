@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from augment.losses import soft_target_cross_entropy
 from augment.pipeline import CutoutConfig, MixupConfig
 from augment.targets import one_hot, smooth
-from models.classifier import CifarClassifier, flip_tta_log_probs, soft_cross_entropy
+from models.callbacks.weight_noise import WeightNoise
+from models.classifier import CifarClassifier, flip_tta_log_probs
 from models.optim import OptimizerConfig, SchedulerConfig
-from models.regularizers import WeightNoise
 
 K = 8  # classes
 SIZE = 16  # image side
@@ -96,7 +97,7 @@ def test_label_smoothing_on_int_labels_matches_smoothed_soft_targets():
     model = make_model(label_smoothing=0.2)
     logits = torch.randn(5, K, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([4, 0, 3, 3, 1])
-    expected = soft_cross_entropy(logits, smooth(y, K, 0.2))
+    expected = soft_target_cross_entropy(logits, smooth(y, K, 0.2))
     assert torch.allclose(model.loss(logits, y), expected, atol=1e-6)
     # soft targets are taken as they are: no second smoothing
     assert torch.allclose(model.loss(logits, smooth(y, K, 0.2)), expected, atol=1e-6)
@@ -115,7 +116,7 @@ def test_training_step_mixes_with_smoothing_inside_and_scores_original_labels():
     assert targets.shape == (16, K) and torch.allclose(targets.sum(1), torch.ones(16))
     assert targets.min() >= 0.1 / K - 1e-6  # smoothing is inside the mixed targets
     logits = model.backbone(x_mixed)
-    assert torch.allclose(loss, soft_cross_entropy(logits, targets), atol=1e-5)
+    assert torch.allclose(loss, soft_target_cross_entropy(logits, targets), atol=1e-5)
     expected_acc = (logits.argmax(1) == y).float().mean()
     assert torch.allclose(model.train_metrics["acc"].compute(), expected_acc)
     assert model.train_metrics["acc5"].top_k == 5

@@ -64,7 +64,7 @@ def _assert_config_reached_objects(cli: Any, config: Mapping[str, Any]) -> None:
         early = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
         _assert_subset(config["early_stopping"], vars(early), "early_stopping")
     if "weight_noise" in config:
-        from models.regularizers import WeightNoise
+        from models.callbacks.weight_noise import WeightNoise
 
         noise = next(c for c in trainer.callbacks if isinstance(c, WeightNoise))
         _assert_subset(config["weight_noise"], vars(noise), "weight_noise")

@@ -235,7 +235,7 @@ def test_ctrl_c_stops_the_study_and_the_rerun_resumes_it(tmp_path: Path) -> None
 
 
 def test_first_ctrl_c_waits_for_the_batch_end_and_a_second_one_stops_at_once() -> None:
-    from models.cli import CtrlCAtBatchEnd
+    from models.callbacks import CtrlCAtBatchEnd
 
     ctrl_c = CtrlCAtBatchEnd()
     ctrl_c.on_train_batch_end()  # nothing requested: training goes on

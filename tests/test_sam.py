@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from augment.checks import CheckError
 from helpers import run_cli, tiny_args
+from models.callbacks.weight_noise import WeightNoise
 from models.classifier import CifarClassifier
 from models.optim import OPTIMIZERS, OptimizerConfig, SAMConfig, build_optimizer
-from models.regularizers import WeightNoise
 from models.sam import SAM, preserve_bn_stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

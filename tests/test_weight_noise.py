@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.regularizers import WeightNoise, noise_params
+from models.callbacks.weight_noise import WeightNoise, noise_params
 
 LR = 0.1
 

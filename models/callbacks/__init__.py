@@ -1,4 +1,5 @@
-"""Lightning callbacks for TensorBoard diagnostics, progress and training safety.
+"""Every Lightning callback of the project: TensorBoard diagnostics, progress, checkpoints, regularizers and
+training safety.
 
 - `AugmentedImageGrid` (images): the augmented training batch the model really saw, pixel grid and
   labelled (input, augmented) pairs.
@@ -11,6 +12,11 @@
 - `TrainingSpeedMonitor` (speed): images/s, epoch wall time, CUDA peak memory.
 - `FitProgress` (progress): whole-fit progress line with the estimated end, an early warning for
   long CPU runs.
+- `RunCheckpoint`, `LastCheckpoint` (checkpoints): the selected checkpoint and `last.ckpt` every epoch.
+- `CtrlCAtBatchEnd` (interrupt): the first Ctrl-C stops at the end of the batch, a second one at once.
+- `WeightNoise` (weight_noise): Gaussian noise on the weights during training.
+- `Sharpness` (sharpness): Hessian eigenvalue and epsilon-sharpness after fit.
+- `HeldOutPredictions` (oof): a k-fold run's out-of-fold predictions.
 
 All callbacks work with any LightningModule that follows the project conventions (metrics named
 `train/loss`, `val/acc`, ...; optional `val_confmat` / `test_confmat` torchmetrics confusion
@@ -19,11 +25,10 @@ matrices; optional `keep_augmented_batch` / `last_augmented_batch` handshake) an
 """
 
 from models.callbacks._tensorboard import tensorboard_logger
-from models.callbacks._tensorboard import tensorboard_writer as _tensorboard_writer  # noqa: F401 (old private name)
+from models.callbacks.checkpoints import LastCheckpoint, RunCheckpoint
 from models.callbacks.confusion import (
     MAX_ANNOTATED_CLASSES,
     ConfusionMatrixLogger,
-    _tag_safe,  # noqa: F401 (old private name)
     confusion_figure,
     most_confused_markdown,
     most_confused_pairs,
@@ -32,16 +37,21 @@ from models.callbacks.confusion import (
 from models.callbacks.guards import NonFiniteLossGuard
 from models.callbacks.hparams import HparamsWithFinalMetrics, applicable_hparams, flatten_hparams, readable_hparams
 from models.callbacks.images import AugmentedImageGrid, augmented_batch_figure, denormalize_for_display, mix_labels
+from models.callbacks.interrupt import CtrlCAtBatchEnd
 from models.callbacks.oof import HeldOutPredictions
 from models.callbacks.progress import FitProgress, format_duration
 from models.callbacks.scalars import LearningRateLogger, StepAxis, TrainValLayout, collapse_shared_lr
+from models.callbacks.sharpness import Sharpness
 from models.callbacks.speed import TrainingSpeedMonitor, cuda_peak_memory_gib
-
-_confusion_figure = confusion_figure  # the names these had when models.callbacks was one module
-_per_class_figure = per_class_figure
+from models.callbacks.weight_noise import WeightNoise
 
 __all__ = [
     "AugmentedImageGrid",
+    "CtrlCAtBatchEnd",
+    "LastCheckpoint",
+    "RunCheckpoint",
+    "Sharpness",
+    "WeightNoise",
     "ConfusionMatrixLogger",
     "NonFiniteLossGuard",
     "HparamsWithFinalMetrics",

@@ -198,7 +198,7 @@ class HparamsWithFinalMetrics(pl.Callback):
 
     The record (columns, this run's values, the metric list `METRICS`) is written at fit start (or at
     test start of a test-only run), the session end when the fit ends (status success) or fails
-    (failure; aborted on Ctrl-C). Metrics are scalar tags the HPARAMS table reads their latest value from:
+    (failure; unknown when stopped by Ctrl-C). Metrics are scalar tags the HPARAMS table reads their latest value from:
       `val_best/acc`           max of `val/acc` so far, written after every validation (sanity check excluded)
       `val_best/epoch`         the (0-based) epoch that first reached it, as in checkpoint names
       `test/acc`, `test/acc5`, `test/loss`  the test metrics Lightning writes
@@ -262,8 +262,8 @@ class HparamsWithFinalMetrics(pl.Callback):
         self._end_session(trainer, api_pb2.STATUS_SUCCESS)  # a test-only run
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        interrupted = isinstance(exception, KeyboardInterrupt)
-        self._end_session(trainer, api_pb2.STATUS_ABORTED if interrupted else api_pb2.STATUS_FAILURE)
+        interrupted = isinstance(exception, KeyboardInterrupt)  # TensorBoard has no "aborted": unknown, not failed
+        self._end_session(trainer, api_pb2.STATUS_UNKNOWN if interrupted else api_pb2.STATUS_FAILURE)
 
     def hyperparameters(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, applicable_only: bool = True
