@@ -20,11 +20,13 @@ within 1 uint8 level / a few float32 ulps where torch's kernels do not fuse the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from ._batch import check_image, memory_format, per_sample_values
 from .checks import check_int, require
-from .crop import _check_batch, _memory_format, per_sample_values
 
 __all__ = [
     "adjust_brightness",
@@ -37,18 +39,10 @@ __all__ = [
     "equalize",
     "invert",
     "rgb_to_gray",
+    "KERNELS",
 ]
 
 Param = torch.Tensor | float
-
-
-def _check_image(x: torch.Tensor, name: str = "x", color: bool = True) -> None:
-    """4-D uint8 or float batch; colour ops also need 1 or 3 channels."""
-    _check_batch(x, name)
-    if x.dtype != torch.uint8 and not x.is_floating_point():
-        raise ValueError(f"{name} must be uint8 or floating point, got {x.dtype}")
-    if color and x.shape[1] not in (1, 3):
-        raise ValueError(f"{name} must have 1 or 3 channels, got {x.shape[1]}")
 
 
 def _bound(x: torch.Tensor) -> float:
@@ -69,7 +63,7 @@ def _per_sample(value: Param, x: torch.Tensor, name: str, low: float | None = No
 def _finish(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Clamp a float result to the valid range, truncate to uint8 (as torchvision does) or cast back."""
     out = out.clamp_(0.0, _bound(x)).to(x.dtype)
-    return out.contiguous(memory_format=_memory_format(x))
+    return out.contiguous(memory_format=memory_format(x))
 
 
 def _fused_blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -85,7 +79,11 @@ def _fused_blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch
 
 def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
     """Luma ``0.2989 R + 0.587 G + 0.114 B`` of ``x`` (B, 3, H, W) as a float (B, 1, H, W); floored for uint8."""
-    _check_image(x)
+    check_image(x)
+    return _gray(x)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     gray = torch.mul(r.to(_work_dtype(x)), 0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
     return gray if x.is_floating_point() else gray.floor_()
@@ -93,26 +91,35 @@ def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
 
 def adjust_brightness(x: torch.Tensor, factor: Param) -> torch.Tensor:
     """Scale every pixel of sample i by ``factor[i] >= 0`` (0 = black, 1 = unchanged)."""
-    _check_image(x)
-    f = _per_sample(factor, x, "factor", low=0)
+    check_image(x)
+    return _brightness(x, _per_sample(factor, x, "factor", low=0))
+
+
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return _finish(x * f.to(_work_dtype(x)), x)  # uint8 * float32 computes in float32, one pass
 
 
 def adjust_saturation(x: torch.Tensor, factor: Param) -> torch.Tensor:
     """Blend sample i with its grayscale by ``factor[i] >= 0`` (0 = gray, 1 = unchanged); 1 channel: unchanged."""
-    _check_image(x)
-    f = _per_sample(factor, x, "factor", low=0)
+    check_image(x)
+    return _saturation(x, _per_sample(factor, x, "factor", low=0))
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x.clone()
-    return _finish(_fused_blend(x.to(_work_dtype(x)), rgb_to_gray(x), f), x)
+    return _finish(_fused_blend(x.to(_work_dtype(x)), _gray(x), f), x)
 
 
 def adjust_contrast(x: torch.Tensor, factor: Param) -> torch.Tensor:
     """Blend sample i with the mean of its grayscale by ``factor[i] >= 0`` (0 = flat gray, 1 = unchanged)."""
-    _check_image(x)
-    f = _per_sample(factor, x, "factor", low=0)
+    check_image(x)
+    return _contrast(x, _per_sample(factor, x, "factor", low=0))
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     dtype = _work_dtype(x)
-    gray = rgb_to_gray(x) if x.shape[1] == 3 else x.to(dtype)
+    gray = _gray(x) if x.shape[1] == 3 else x.to(dtype)
     mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
     # The blend with a per-sample constant: its exact float64 product is formed once per sample.
     keep, other = f.to(dtype), (1.0 - f).to(dtype).double()
@@ -125,8 +132,11 @@ def adjust_sharpness(x: torch.Tensor, factor: Param) -> torch.Tensor:
     The smoothed copy is the 3x3 kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 (rounded for uint8) on the
     interior pixels; the one-pixel border is kept as is. Images of side <= 2 are returned unchanged.
     """
-    _check_image(x)
-    f = _per_sample(factor, x, "factor", low=0)
+    check_image(x)
+    return _sharpness(x, _per_sample(factor, x, "factor", low=0))
+
+
+def _sharpness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     if x.numel() == 0 or h <= 2 or w <= 2:
         return x.clone()
@@ -164,7 +174,7 @@ def _posterize_masks(device: torch.device) -> torch.Tensor:
 
 def posterize(x: torch.Tensor, bits: torch.Tensor | int) -> torch.Tensor:
     """Keep the ``bits[i]`` (0..8) high bits of every value of sample i; float: quantize to 2**bits levels."""
-    _check_image(x, color=False)
+    check_image(x, color=False)
     b = x.shape[0]
     if isinstance(bits, torch.Tensor):
         require(bits.numel() in (1, b), "bits", f"an int or a tensor of {b} values (one per sample)", tuple(bits.shape))
@@ -174,6 +184,10 @@ def posterize(x: torch.Tensor, bits: torch.Tensor | int) -> torch.Tensor:
         bits_t = bits.to(device=x.device, dtype=torch.int64).reshape(-1, 1, 1, 1).expand(b, 1, 1, 1)
     else:
         bits_t = torch.full((b, 1, 1, 1), check_int("bits", bits, 0, 8), dtype=torch.int64, device=x.device)
+    return _posterize(x, bits_t)
+
+
+def _posterize(x: torch.Tensor, bits_t: torch.Tensor) -> torch.Tensor:
     if x.is_floating_point():
         levels = torch.pow(2.0, bits_t.to(x.dtype))
         out = x.mul(levels).floor_()
@@ -183,17 +197,25 @@ def posterize(x: torch.Tensor, bits: torch.Tensor | int) -> torch.Tensor:
 
 def invert(x: torch.Tensor) -> torch.Tensor:
     """``255 - x`` for uint8, ``1 - x`` for floating point."""
-    _check_image(x, color=False)
+    check_image(x, color=False)
+    return _invert(x)
+
+
+def _invert(x: torch.Tensor, unused: torch.Tensor | None = None) -> torch.Tensor:
     return x.bitwise_not() if x.dtype == torch.uint8 else 1.0 - x
 
 
 def solarize(x: torch.Tensor, threshold: Param) -> torch.Tensor:
     """Invert the values ``>= threshold[i]`` of sample i (threshold in ``x``'s units: 0..255 or 0..1)."""
-    _check_image(x, color=False)
-    t = _per_sample(threshold, x, "threshold").to(_work_dtype(x))  # the dtype torch compares a uint8 with a number in
+    check_image(x, color=False)
+    t = _per_sample(threshold, x, "threshold")
     if not isinstance(threshold, torch.Tensor):
         require(float(threshold) <= _bound(x), "threshold", f"<= {_bound(x):g} for {x.dtype}", threshold)
-    hit = x >= t
+    return _solarize(x, t)
+
+
+def _solarize(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    hit = x >= t.to(_work_dtype(x))  # the dtype torch compares a uint8 with a number in
     if x.is_floating_point():
         return torch.where(hit, 1.0 - x, x)
     return x.bitwise_xor(hit.to(torch.uint8).mul_(255))  # 255 - v == v ^ 255 (faster than a uint8 where)
@@ -201,7 +223,11 @@ def solarize(x: torch.Tensor, threshold: Param) -> torch.Tensor:
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
     """Stretch every channel of every sample linearly so that its min becomes 0 and its max white."""
-    _check_image(x)
+    check_image(x)
+    return _autocontrast(x)
+
+
+def _autocontrast(x: torch.Tensor, unused: torch.Tensor | None = None) -> torch.Tensor:
     if x.numel() == 0:
         return x.clone()
     bound = _bound(x)
@@ -227,7 +253,11 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     Float input goes through uint8 (``x * (256 - 1e-3)`` truncated) and back (``/ 255``), as in torchvision.
     A channel whose pixels all but one value share a single level (Pillow's ``step == 0``) is unchanged.
     """
-    _check_image(x, color=False)
+    check_image(x, color=False)
+    return _equalize(x)
+
+
+def _equalize(x: torch.Tensor, unused: torch.Tensor | None = None) -> torch.Tensor:
     if x.numel() == 0:
         return x.clone()
     img = _to_uint8(x) if x.is_floating_point() else x
@@ -250,4 +280,20 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     out = lut.view(-1).index_select(0, bins).view(b, c, h, w)  # a pixel's histogram bin indexes its table entry
     if x.is_floating_point():
         out = out.to(x.dtype).mul_(1.0 / 255.0)
-    return out.contiguous(memory_format=_memory_format(x))
+    return out.contiguous(memory_format=memory_format(x))
+
+
+KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "adjust_brightness": _brightness,
+    "adjust_saturation": _saturation,
+    "adjust_contrast": _contrast,
+    "adjust_sharpness": _sharpness,
+    "posterize": _posterize,
+    "solarize": _solarize,
+    "autocontrast": _autocontrast,
+    "equalize": _equalize,
+    "invert": _invert,
+}
+"""The ops without argument checks, by their ``torchvision.transforms.v2.functional`` name:
+``kernel(x, param)`` with ``x`` a checked batch and ``param`` ``(B, 1, 1, 1)`` on ``x``'s device, valid for
+every sample (float64 factor or threshold, int64 bits; ignored by the ops without one)."""

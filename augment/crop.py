@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import CheckError, check_choice, check_int, check_probability, check_real, require
+from ._batch import as_nchw, bernoulli, check_batch, memory_format, randint
+from .checks import check_choice, check_int, check_probability, require
 
 __all__ = [
     "CROP_MODES",
@@ -34,18 +35,6 @@ __all__ = [
 CROP_MODES = ("reflect", "replicate", "constant")
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when ``x`` (4-D) is stored that way and is not trivially both, else contiguous."""
-    if x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _check_batch(x: torch.Tensor, name: str = "x") -> None:
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be a 4-D batch (B, C, H, W), got shape {tuple(x.shape)}")
-
-
 def check_crop_args(padding: int, mode: str, height: int, width: int) -> None:
     """padding an int >= 0 (below the image size for reflect), mode one of CROP_MODES."""
     check_int("padding", padding, low=0)
@@ -54,36 +43,6 @@ def check_crop_args(padding: int, mode: str, height: int, width: int) -> None:
         require(
             padding < min(height, width), "padding", f"< the image size {min(height, width)} for reflect mode", padding
         )
-
-
-def per_sample_values(
-    value: torch.Tensor | float, batch: int, device: torch.device, name: str, low: float | None = None
-) -> torch.Tensor:
-    """``value`` (a number, or a tensor of 1 or ``batch`` values) as float64 ``(batch,)`` on ``device``.
-
-    Numbers and host tensors are checked against ``low``; device tensors are not (that would sync).
-    """
-    if not isinstance(value, torch.Tensor):
-        return torch.full((batch,), check_real(name, value, low=low), dtype=torch.float64, device=device)
-    rule = f"a number or a tensor of {batch} values (one per sample)"
-    require(value.numel() in (1, batch), name, rule, tuple(value.shape))
-    if low is not None and value.device.type == "cpu" and value.numel():
-        smallest = float(value.min())
-        require(smallest >= low, name, f">= {low} for every sample", smallest)
-    return value.to(device=device, dtype=torch.float64).reshape(-1).expand(batch)
-
-
-def _randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Uniform ints in [0, high) of shape (size,) on ``device``; drawn on the generator's device."""
-    if generator is None:
-        return torch.randint(0, high, (size,), device=device)
-    return torch.randint(0, high, (size,), generator=generator, device=generator.device).to(device)
-
-
-def _bernoulli(p: float, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Bool (size,) with P(True) = p on ``device``; drawn on the generator's device."""
-    gen_device = device if generator is None else generator.device
-    return (torch.rand((size,), generator=generator, device=gen_device) < p).to(device)
 
 
 def _source_index(pos: torch.Tensor, size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -115,10 +74,23 @@ def shift_crop(
     ``padding`` on every side (``padding`` is the identity offset). ``flip``: bool (B,), mirror
     left-right after cropping. Any dtype; output has the input's shape, dtype and memory format.
     """
-    _check_batch(x)
+    check_batch(x)
+    check_crop_args(padding, mode, x.shape[2], x.shape[3])
+    return _shift_crop(x, top, left, flip, padding, mode, fill)
+
+
+def _shift_crop(
+    x: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    flip: torch.Tensor | None,
+    padding: int,
+    mode: str,
+    fill: float,
+) -> torch.Tensor:
+    """:func:`shift_crop` on checked arguments."""
     b, c, h, w = x.shape
-    check_crop_args(padding, mode, h, w)
-    fmt = _memory_format(x)
+    fmt = memory_format(x)
     dev = x.device
     rows = torch.arange(h, device=dev) + (top.to(dev).view(b, 1) - padding)  # (B, H)
     cols = torch.arange(w, device=dev).expand(b, w)  # (B, W)
@@ -139,10 +111,10 @@ def _random_offsets(
     x: torch.Tensor, padding: int, mode: str, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Checked arguments, then per-sample crop offsets (top, left) in [0, 2 * padding], drawn in that order."""
-    _check_batch(x)
+    check_batch(x)
     check_crop_args(padding, mode, x.shape[2], x.shape[3])
     n = 2 * padding + 1
-    return _randint(n, x.shape[0], generator, x.device), _randint(n, x.shape[0], generator, x.device)
+    return randint(n, x.shape[0], generator, x.device), randint(n, x.shape[0], generator, x.device)
 
 
 def random_crop(
@@ -154,15 +126,15 @@ def random_crop(
 ) -> torch.Tensor:
     """Pad each image of ``x`` (B, C, H, W) by ``padding`` and crop back to (H, W) at a random offset per sample."""
     top, left = _random_offsets(x, padding, mode, generator)
-    return shift_crop(x, top, left, None, padding, mode, fill)
+    return _shift_crop(x, top, left, None, padding, mode, fill)
 
 
 def random_flip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image of ``x`` (B, C, H, W) left-right with probability ``p``, independently per sample."""
-    _check_batch(x)
+    check_batch(x)
     check_probability("p", p)
-    mask = _bernoulli(p, x.shape[0], generator, x.device).view(-1, 1, 1, 1)
-    return torch.where(mask, x.flip(3), x).contiguous(memory_format=_memory_format(x))
+    mask = bernoulli(p, x.shape[0], generator, x.device).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(3), x).contiguous(memory_format=memory_format(x))
 
 
 def random_crop_flip(
@@ -176,8 +148,8 @@ def random_crop_flip(
     """Random pad-crop and random left-right flip of ``x`` (B, C, H, W) fused into one gather."""
     check_probability("flip_p", flip_p)
     top, left = _random_offsets(x, padding, mode, generator)
-    flip = _bernoulli(flip_p, x.shape[0], generator, x.device)
-    return shift_crop(x, top, left, flip, padding, mode, fill)
+    flip = bernoulli(flip_p, x.shape[0], generator, x.device)
+    return _shift_crop(x, top, left, flip, padding, mode, fill)
 
 
 def _channel_vector(
@@ -197,30 +169,17 @@ def normalize(
     x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
     """(x - mean) / std per channel for float ``x`` (B, C, H, W); same dtype and memory format."""
-    _check_batch(x)
+    check_batch(x)
     m = _channel_vector(mean, x, "mean")
     s = _channel_vector(std, x, "std", positive=True)
-    return x.sub(m.to(x.dtype)).div_(s.to(x.dtype)).contiguous(memory_format=_memory_format(x))
-
-
-def _as_nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """View a 4-D image batch as (B, C, H, W); ``layout`` is 'nhwc', 'nchw' or 'auto' (channels 1, 3 or 4)."""
-    _check_batch(x)
-    if layout == "auto":
-        nhwc = x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4)
-        layout = "nhwc" if nhwc else "nchw"
-    if layout == "nhwc":
-        return x.permute(0, 3, 1, 2)
-    if layout == "nchw":
-        return x
-    raise CheckError("layout", "one of auto, nhwc, nchw", layout)
+    return x.sub(m.to(x.dtype)).div_(s.to(x.dtype)).contiguous(memory_format=memory_format(x))
 
 
 def to_float_nchw(
     x: torch.Tensor, channels_last: bool = False, dtype: torch.dtype = torch.float32, layout: str = "auto"
 ) -> torch.Tensor:
     """uint8 images (B, H, W, C) or (B, C, H, W) -> float (B, C, H, W) in [0, 1] of ``dtype``."""
-    nchw = _as_nchw(x, layout)
+    nchw = as_nchw(x, layout)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return nchw.to(dtype=torch.float32, memory_format=fmt).div_(255.0).to(dtype)
 
@@ -238,7 +197,7 @@ def to_normalized_float(
     ``mean``/``std`` are in [0, 1] units. One conversion pass (layout included), then an in-place
     scale and shift in float32 (no further allocations), then the cast to ``dtype``.
     """
-    nchw = _as_nchw(x, layout)
+    nchw = as_nchw(x, layout)
     m = _channel_vector(mean, nchw, "mean")
     s = _channel_vector(std, nchw, "std", positive=True)
     fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from .checks import check_bool, check_choice, check_int, check_probability, require
+from .checks import check_bool, check_choice, check_int, require
 from .mixing import CutMix as _CutMix
 from .mixing import Mixup as _Mixup
 from .mixing import MixupCutMix, SampleDraw
-from .targets import to_soft
+from .targets import check_smoothing, soft_targets
 
 __all__ = ["Mixup", "MixUp", "CutMix", "TIMM_MODES"]
 
@@ -67,7 +67,6 @@ class Mixup(MixupCutMix):
     ) -> None:
         self.mode = check_choice("mode", mode, TIMM_MODES)
         self.multi_label = check_bool("multi_label", multi_label)
-        smoothing = check_probability("label_smoothing", label_smoothing)
         super().__init__(
             mixup_alpha=mixup_alpha,
             cutmix_alpha=1.0 if cutmix_minmax is not None else cutmix_alpha,  # as timm: minmax means CutMix
@@ -75,13 +74,14 @@ class Mixup(MixupCutMix):
             prob=prob,
             per_sample=mode != "batch",
             correct_lam=correct_lam,
-            label_smoothing=0.0 if multi_label else smoothing,
+            label_smoothing=0.0 if multi_label else label_smoothing,  # multi-label: smoothed in __call__
             num_classes=check_int("num_classes", num_classes, low=1),
             pairing="flip",
             generator=generator,
             cutmix_minmax=cutmix_minmax,
         )
-        self.smoothing = smoothing
+        # Multi-label rows are smoothed towards 0.5 (timm), which needs no K: the rule for unknown K.
+        self.smoothing = check_smoothing(label_smoothing) if multi_label else self.label_smoothing
         self.mixup_enabled = True
 
     def __repr__(self) -> str:
@@ -94,7 +94,7 @@ class Mixup(MixupCutMix):
             require(tuple(target.shape) == shape, "target", f"dense multi-label targets of shape {shape}", target.shape)
             target = target.float() * (1.0 - self.smoothing) + 0.5 * self.smoothing
         if not self.mixup_enabled:
-            return x, to_soft(target, self.num_classes, self.label_smoothing, validate=self.validate)
+            return x, soft_targets(target, self.num_classes, self.label_smoothing, self.validate)
         out, targets = super().__call__(x, target)
         if out is not x:
             x.copy_(out)

@@ -11,8 +11,8 @@ import math
 
 import torch
 
+from ._batch import box_indicators, centered_boxes, check_float_batch, draw_device, to_device
 from .checks import check_int, check_probability, check_real, is_real, require
-from .mixing import box_indicators, centered_boxes, to_device
 
 __all__ = ["Cutout", "hole_side", "holes_mask", "check_hole_size"]
 
@@ -64,17 +64,15 @@ class Cutout:
 
     def sample_boxes(self, batch: int, height: int, width: int, device: torch.device | str) -> torch.Tensor:
         """Clipped holes ``(B, n_holes, 4)`` long (y0, y1, x0, x1) on ``device``; empty for unselected images."""
-        gen = self.generator
-        draw_device = gen.device if gen is not None else torch.device(device)
-        selected = torch.rand(batch, 1, generator=gen, device=draw_device) < self.p
-        cy = torch.randint(0, height, (batch, self.n_holes), generator=gen, device=draw_device)
-        cx = torch.randint(0, width, (batch, self.n_holes), generator=gen, device=draw_device)
+        gen, where = self.generator, draw_device(self.generator, device)
+        selected = torch.rand(batch, 1, generator=gen, device=where) < self.p
+        cy = torch.randint(0, height, (batch, self.n_holes), generator=gen, device=where)
+        cx = torch.randint(0, width, (batch, self.n_holes), generator=gen, device=where)
         side = hole_side(self.size, height, width) * selected.long()
         return to_device(centered_boxes(cy, cx, side, side, height, width), device)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f"x must be a float (B, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}")
+        check_float_batch(x)
         height, width = x.shape[-2:]
         if self.n_holes == 0 or hole_side(self.size, height, width) == 0 or self.p == 0 or x.shape[0] == 0:
             return x, y

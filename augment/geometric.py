@@ -21,14 +21,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._batch import bernoulli, check_batch, memory_format, per_sample_values, to_device, uniform
 from .checks import check_choice, check_probability, check_real, is_real, require
-from .crop import _bernoulli, _check_batch, _memory_format, per_sample_values
-from .mixing import to_device
 
 __all__ = [
     "INTERPOLATIONS",
     "inverse_affine",
     "warp_affine",
+    "resample",
     "rotate",
     "shear_x",
     "shear_y",
@@ -38,6 +38,7 @@ __all__ = [
     "vflip",
     "random_vflip",
     "check_fill",
+    "fill_values",
 ]
 
 INTERPOLATIONS = ("nearest", "bilinear")
@@ -113,20 +114,24 @@ def warp_affine(
     Pixels that map outside the image get ``fill`` (a number or one per channel, in ``x``'s units);
     uint8 results are rounded. Output: ``x``'s shape, dtype and memory format.
     """
-    _check_batch(x)
+    check_batch(x)
     check_choice("interpolation", interpolation, INTERPOLATIONS)
-    fill = check_fill("fill", fill)
-    b, c, h, w = x.shape
+    fills = fill_values(check_fill("fill", fill), x.shape[1])
+    b = x.shape[0]
     require(matrix.shape == (b, 2, 3), "matrix", f"of shape ({b}, 2, 3)", tuple(matrix.shape))
+    return resample(x, matrix, interpolation, fills)
+
+
+def resample(x: torch.Tensor, matrix: torch.Tensor, interpolation: str, values: tuple[float, ...]) -> torch.Tensor:
+    """:func:`warp_affine` on checked arguments: fill ``values`` 1 or C numbers, ``matrix`` ``(B, 2, 3)``."""
+    b, c, h, w = x.shape
     if b == 0:
         return x.clone()
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     grid = _sampling_grid(matrix.to(x.device), h, w, dtype)
-    fill_values = _fills(fill)
-    require(len(fill_values) in (1, c), "fill", f"a number or {c} numbers (one per channel)", fill)
-    fills = to_device(torch.tensor(fill_values, dtype=dtype), x.device)
+    fills = to_device(torch.tensor(values, dtype=dtype), x.device)
     img = x.to(dtype)
-    filled = any(v != 0 for v in fill_values)  # read on the host: no device sync
+    filled = any(v != 0 for v in values)  # read on the host: no device sync
     if filled:  # a ones channel measures how much of each output pixel came from inside the image
         img = torch.cat([img, torch.ones_like(img[:, :1])], dim=1)
     out = F.grid_sample(img, grid, mode=interpolation, padding_mode="zeros", align_corners=False)
@@ -139,17 +144,19 @@ def warp_affine(
             out = out.sub_(fills).mul_(inside).add_(fills)
     if not x.is_floating_point():
         out = out.round_()
-    return out.to(x.dtype).contiguous(memory_format=_memory_format(x))
+    return out.to(x.dtype).contiguous(memory_format=memory_format(x))
 
 
 def _warp(x: torch.Tensor, interpolation: str, fill: float | Sequence[float], **params: Param) -> torch.Tensor:
-    """Build one inverse map per sample from named per-sample parameters (zeros elsewhere) and warp."""
-    _check_batch(x)
-    b, _, h, w = x.shape
+    """Build one inverse map per sample from named per-sample parameters (zeros elsewhere) and warp a
+    batch the caller checked."""
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    fills = fill_values(check_fill("fill", fill), x.shape[1])
+    b = x.shape[0]
     zeros = torch.zeros(b, dtype=torch.float64, device=x.device)
     cols = {k: zeros for k in ("angle", "translate_x", "translate_y", "shear_x", "shear_y", "center_x", "center_y")}
     cols.update({k: per_sample_values(v, b, x.device, k) for k, v in params.items()})
-    return warp_affine(x, inverse_affine(**cols), interpolation, fill)
+    return resample(x, inverse_affine(**cols), interpolation, fills)
 
 
 def quarter_turns(
@@ -161,25 +168,30 @@ def quarter_turns(
     that a float bilinear warp with a fill re-blends every pixel with the fill by a coverage of exactly 1,
     which can move the last bit; only that case needs the copies.
     """
-    if not (x.is_floating_point() and interpolation == "bilinear" and any(v != 0 for v in _fills(fill))):
+    if not (x.is_floating_point() and interpolation == "bilinear" and any(v != 0 for v in fill_values(fill))):
         return out
     square = x.shape[2] == x.shape[3]
     for k in range(4):
         if k % 2 == 0 or square:
             mask = (turn == 90.0 * k).view(-1, 1, 1, 1).to(x.device)
             out = torch.where(mask, torch.rot90(x, k, dims=(2, 3)), out)
-    return out.contiguous(memory_format=_memory_format(x))
+    return out.contiguous(memory_format=memory_format(x))
 
 
-def _fills(fill: float | Sequence[float]) -> tuple[float, ...]:
-    return tuple(fill) if isinstance(fill, Sequence) and not isinstance(fill, str) else (fill,)
+def fill_values(fill: float | Sequence[float], channels: int | None = None) -> tuple[float, ...]:
+    """A checked fill as a tuple; with ``channels``, also checked to hold 1 or that many numbers."""
+    values = tuple(fill) if isinstance(fill, Sequence) and not isinstance(fill, str) else (fill,)
+    if channels is not None:
+        rule = f"a number or {channels} numbers (one per channel)"
+        require(len(values) in (1, channels), "fill", rule, fill)
+    return values
 
 
 def rotate(
     x: torch.Tensor, angle: Param, interpolation: str = "nearest", fill: float | Sequence[float] = 0.0
 ) -> torch.Tensor:
     """Rotate sample i counter-clockwise by ``angle[i]`` degrees about the image center (size kept)."""
-    _check_batch(x)
+    check_batch(x)
     # torchvision first reduces the angle to [0, 360) and builds the matrix of its negative.
     turn = torch.remainder(per_sample_values(angle, x.shape[0], x.device, "angle"), 360.0)
     return quarter_turns(x, _warp(x, interpolation, fill, angle=-turn), turn, interpolation, fill)
@@ -189,7 +201,7 @@ def shear_x(
     x: torch.Tensor, factor: Param, interpolation: str = "nearest", fill: float | Sequence[float] = 0.0
 ) -> torch.Tensor:
     """Shear sample i horizontally: output (u, v) reads input (u + factor[i] * v, v), (0, 0) the top-left corner."""
-    _check_batch(x)
+    check_batch(x)
     shear = torch.rad2deg(torch.atan(per_sample_values(factor, x.shape[0], x.device, "factor")))
     return _warp(x, interpolation, fill, shear_x=shear, center_x=-0.5 * x.shape[3], center_y=-0.5 * x.shape[2])
 
@@ -198,7 +210,7 @@ def shear_y(
     x: torch.Tensor, factor: Param, interpolation: str = "nearest", fill: float | Sequence[float] = 0.0
 ) -> torch.Tensor:
     """Shear sample i vertically: output (u, v) reads input (u, v + factor[i] * u), (0, 0) the top-left corner."""
-    _check_batch(x)
+    check_batch(x)
     shear = torch.rad2deg(torch.atan(per_sample_values(factor, x.shape[0], x.device, "factor")))
     return _warp(x, interpolation, fill, shear_y=shear, center_x=-0.5 * x.shape[3], center_y=-0.5 * x.shape[2])
 
@@ -211,16 +223,8 @@ def translate(
     fill: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
     """Move the content of sample i right by ``dx[i]`` and down by ``dy[i]`` pixels."""
+    check_batch(x)
     return _warp(x, interpolation, fill, translate_x=dx, translate_y=dy)
-
-
-def _uniform(
-    low: float, high: float, size: int, generator: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
-    """Float64 ``(size,)`` uniform in [low, high) on ``device``; drawn on the generator's device."""
-    draw_device = device if generator is None else generator.device
-    u = torch.rand(size, generator=generator, device=draw_device, dtype=torch.float64)
-    return u.mul_(high - low).add_(low).to(device)
 
 
 def random_rotation(
@@ -231,7 +235,7 @@ def random_rotation(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Rotate each sample by its own angle, uniform in [-degrees, degrees] (or in [low, high] for a pair)."""
-    _check_batch(x)
+    check_batch(x)
     if isinstance(degrees, Sequence) and not isinstance(degrees, str):
         ok = len(degrees) == 2 and all(is_real(v) and math.isfinite(v) for v in degrees) and degrees[0] <= degrees[1]
         require(ok, "degrees", "a number >= 0 or a pair (low, high) with low <= high", degrees)
@@ -239,22 +243,22 @@ def random_rotation(
     else:
         high = check_real("degrees", degrees, low=0)
         low = -high
-    return rotate(x, _uniform(low, high, x.shape[0], generator, x.device), interpolation, fill)
+    return rotate(x, uniform(low, high, x.shape[0], generator, x.device), interpolation, fill)
 
 
 def vflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror the samples with ``flip[i]`` (bool (B,)) top-bottom."""
-    _check_batch(x)
+    check_batch(x)
     flipped = x.flip(2)
     if x.is_floating_point():  # lerp is exactly x at weight 0 and exactly the flip at weight 1
         out = torch.lerp(x, flipped, flip.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1))
     else:  # x + (flip - x) * m in wrap-around integer arithmetic: exact for m in {0, 1}
         out = flipped.sub_(x).mul_(flip.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)).add_(x)
-    return out.contiguous(memory_format=_memory_format(x))
+    return out.contiguous(memory_format=memory_format(x))
 
 
 def random_vflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each sample of ``x`` (B, C, H, W) top-bottom with probability ``p``, independently per sample."""
-    _check_batch(x)
+    check_batch(x)
     p = check_probability("p", p)
-    return vflip(x, _bernoulli(p, x.shape[0], generator, x.device))
+    return vflip(x, bernoulli(p, x.shape[0], generator, x.device))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_probability, check_real
-from .targets import smooth, to_soft
+from .checks import check_real
+from .targets import check_smoothing, soft_targets
 
 __all__ = ["soft_target_cross_entropy", "bce_targets", "binary_cross_entropy"]
 
@@ -25,12 +25,12 @@ def soft_target_cross_entropy(
     ``label_smoothing`` is applied to either kind (to soft targets as ``augment.smooth`` does); pass 0
     when the targets come from a pipeline that already smoothed them. Computed in float32.
     """
-    check_probability("label_smoothing", label_smoothing)
+    label_smoothing = check_smoothing(label_smoothing, logits.shape[1])
     if not targets.is_floating_point():
         return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
     if targets.shape != logits.shape:
         raise ValueError(f"targets must have the logits' shape {tuple(logits.shape)}, got {tuple(targets.shape)}")
-    soft = smooth(targets, logits.shape[1], label_smoothing) if label_smoothing > 0 else targets
+    soft = soft_targets(targets, logits.shape[1], label_smoothing, validate=False) if label_smoothing > 0 else targets
     return -(soft.float() * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
@@ -39,7 +39,7 @@ def bce_targets(
 ) -> torch.Tensor:
     """Per-class Bernoulli targets ``(B, K)`` in float32: soft (smoothed) targets, binarized to
     ``targets > threshold`` when ``threshold`` is given (a mixed pair then counts as two positives)."""
-    soft = to_soft(targets, num_classes, label_smoothing, validate=None).float()
+    soft = soft_targets(targets, num_classes, check_smoothing(label_smoothing, num_classes), validate=None).float()
     if threshold is None:
         return soft
     t = check_real("threshold", threshold, 0.0, 1.0, high_open=True)

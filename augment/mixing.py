@@ -30,8 +30,9 @@ from typing import NamedTuple
 
 import torch
 
+from ._batch import Box, box_area, box_indicators, centered_boxes, check_float_batch, draw_device, to_device
 from .checks import check_bool, check_choice, check_int, check_probability, check_real, is_real, require
-from .targets import to_soft
+from .targets import check_smoothing, soft_targets
 
 __all__ = [
     "Box",
@@ -56,16 +57,7 @@ __all__ = [
     "CutMix",
 ]
 
-Box = tuple[int, int, int, int]
-"""(y0, y1, x0, x1): rows y0:y1 and columns x0:x1 (half-open), timm's order."""
-
 PAIRINGS = ("roll", "flip", "random")
-
-
-def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Move a small parameter tensor to ``device``: host->device without a stream sync, to CPU blocking."""
-    device = torch.device(device)
-    return t.to(device, non_blocking=device.type != "cpu")
 
 
 def sample_beta(
@@ -89,16 +81,6 @@ def sample_beta(
     return gammas[0] / total.clamp_min(torch.finfo(torch.float64).tiny)
 
 
-def centered_boxes(
-    cy: torch.Tensor, cx: torch.Tensor, cut_h: torch.Tensor, cut_w: torch.Tensor, height: int, width: int
-) -> torch.Tensor:
-    """Boxes of side ``cut_h x cut_w`` around centers ``(cy, cx)``, clipped to the image: (..., 4) long."""
-    y0 = cy - cut_h // 2
-    x0 = cx - cut_w // 2
-    bounds = (y0.clamp(0, height), (y0 + cut_h).clamp(0, height), x0.clamp(0, width), (x0 + cut_w).clamp(0, width))
-    return torch.stack(bounds, dim=-1)
-
-
 def cutmix_box(lam: float, cy: int, cx: int, height: int, width: int) -> Box:
     """CutMix box of side ``floor(sqrt(1 - lam) * (H, W))`` centered at ``(cy, cx)``, clipped (Python ints)."""
     ratio = math.sqrt(1.0 - lam)
@@ -106,11 +88,6 @@ def cutmix_box(lam: float, cy: int, cx: int, height: int, width: int) -> Box:
     y0, x0 = cy - cut_h // 2, cx - cut_w // 2
     clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
     return clip(y0, height), clip(y0 + cut_h, height), clip(x0, width), clip(x0 + cut_w, width)
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Area in pixels of clipped boxes ``(..., 4)`` -> ``(...)``."""
-    return (boxes[..., 1] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 2])
 
 
 def check_minmax(field: str, value: Sequence[float] | None) -> tuple[float, float] | None:
@@ -152,8 +129,7 @@ def pair_permutation(
     if pairing == "flip":
         return torch.arange(batch_size - 1, -1, -1, device=device)
     if pairing == "random":
-        gen_device = generator.device if generator is not None else device
-        perm = torch.randperm(batch_size, generator=generator, device=gen_device)
+        perm = torch.randperm(batch_size, generator=generator, device=draw_device(generator, device or "cpu"))
         return perm if device is None else to_device(perm, device)
     raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
@@ -277,9 +253,9 @@ class MixupCutMix:
             raise ValueError(f"mixup_alpha or cutmix_alpha must be > 0, got {mixup_alpha} and {cutmix_alpha}")
         self.switch_prob = check_probability("switch_prob", switch_prob)
         self.prob = check_probability("prob", prob)
-        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
         if num_classes is not None:
             check_int("num_classes", num_classes, low=1)
+        self.label_smoothing = check_smoothing(label_smoothing, num_classes)
         check_choice("pairing", pairing, PAIRINGS)
         self.per_sample = check_bool("per_sample", per_sample)
         self.correct_lam = check_bool("correct_lam", correct_lam)
@@ -299,11 +275,10 @@ class MixupCutMix:
         )
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f"x must be a float (B, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}")
+        check_float_batch(x)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"y must have batch size {x.shape[0]}, got shape {tuple(y.shape)}")
-        y_soft = to_soft(y, self.num_classes, self.label_smoothing, validate=self.validate)
+        y_soft = soft_targets(y, self.num_classes, self.label_smoothing, self.validate)
         if x.shape[0] == 0:
             return x, y_soft
         return self.apply(x, y_soft, self.sample(x.shape[0], x.shape[2], x.shape[3], x.device, x.dtype))
@@ -335,9 +310,6 @@ class MixupCutMix:
         exact = self.correct_lam or self.cutmix_minmax is not None
         return cutmix_batch(x, y_soft, draw.box, draw.perm, None if exact else draw.lam)
 
-    def _param_device(self, fallback: torch.device) -> torch.device:
-        return self.generator.device if self.generator is not None else fallback
-
     def _uses_cutmix(self, switch_draw: torch.Tensor) -> torch.Tensor:
         if self.mixup_alpha == 0:
             return torch.ones_like(switch_draw, dtype=torch.bool)
@@ -362,11 +334,11 @@ class MixupCutMix:
         return minmax_boxes(u, self.cutmix_minmax, height, width)
 
     def _sample_per_batch(self, batch: int, height: int, width: int, device: torch.device) -> BatchDraw:
-        gen, draw_device = self.generator, self._param_device(torch.device("cpu"))
-        apply_draw, switch_draw = torch.rand(2, generator=gen, device=draw_device).tolist()
+        gen, where = self.generator, draw_device(self.generator, "cpu")
+        apply_draw, switch_draw = torch.rand(2, generator=gen, device=where).tolist()
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or switch_draw < self.switch_prob)
-        lam_t = sample_beta(self.cutmix_alpha if use_cutmix else self.mixup_alpha, 1, gen, draw_device)
-        box = self._draw_boxes(lam_t, 1, height, width, draw_device)[0].tolist()
+        lam_t = sample_beta(self.cutmix_alpha if use_cutmix else self.mixup_alpha, 1, gen, where)
+        box = self._draw_boxes(lam_t, 1, height, width, where)[0].tolist()
         perm = pair_permutation(batch, self.pairing, gen, device)
         lam = float(lam_t)
         return BatchDraw(apply_draw < self.prob and lam != 1.0, lam, tuple(box) if use_cutmix else None, perm)
@@ -375,13 +347,13 @@ class MixupCutMix:
         self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype
     ) -> SampleDraw:
         """The per-batch draws of :meth:`_sample_per_batch`, in the same order, kept as tensors (for compile)."""
-        gen, draw_device = self.generator, self._param_device(torch.device("cpu"))
-        apply_draw, switch_draw = torch.rand(2, generator=gen, device=draw_device)
+        gen, where = self.generator, draw_device(self.generator, "cpu")
+        apply_draw, switch_draw = torch.rand(2, generator=gen, device=where)
         use_cutmix = self._uses_cutmix(switch_draw.view(1))
-        f64 = dict(dtype=torch.float64, device=draw_device)
+        f64 = dict(dtype=torch.float64, device=where)
         alpha = torch.where(use_cutmix, torch.tensor(self.cutmix_alpha, **f64), torch.tensor(self.mixup_alpha, **f64))
         lam = sample_beta(alpha, 1, gen)
-        boxes = self._draw_boxes(lam, 1, height, width, draw_device)
+        boxes = self._draw_boxes(lam, 1, height, width, where)
         perm = pair_permutation(batch, self.pairing, gen, device)
         mixed = ((apply_draw < self.prob) & (lam != 1.0)).expand(batch)
         shared = (use_cutmix.expand(batch), lam.expand(batch), boxes.expand(batch, 4))
@@ -390,14 +362,14 @@ class MixupCutMix:
     def _sample_per_sample(
         self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype
     ) -> SampleDraw:
-        gen, draw_device = self.generator, self._param_device(device)
-        apply_draw, switch_draw = torch.rand(2, batch, generator=gen, device=draw_device, dtype=torch.float64)
+        gen, where = self.generator, draw_device(self.generator, device)
+        apply_draw, switch_draw = torch.rand(2, batch, generator=gen, device=where, dtype=torch.float64)
         apply = apply_draw < self.prob
         cut_rows = self._uses_cutmix(switch_draw)
         # One Beta draw per sample with that sample's alpha (an off op's alpha 0 is never used).
         alphas = torch.where(cut_rows, self.cutmix_alpha or 1.0, self.mixup_alpha or 1.0)
         lam = sample_beta(alphas, batch, gen)
-        boxes = self._draw_boxes(lam, batch, height, width, draw_device)
+        boxes = self._draw_boxes(lam, batch, height, width, where)
         perm = pair_permutation(batch, self.pairing, gen, device)
         return self._per_sample_draw(apply, cut_rows, lam, boxes, perm, height, width, dtype)
 
@@ -448,21 +420,6 @@ def _blend(
     out = gather_rows(x, perm)
     out.lerp_(x, weight)
     return out, mix_targets(y_soft, target_lam, perm)
-
-
-def box_indicators(
-    boxes: torch.Tensor, height: int, width: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column membership of ``boxes (..., 4)`` as 0/1 floats: ``(..., H, 1)`` and ``(..., 1, W)``.
-
-    Their product is the box mask; float products broadcast far faster on CPU than bool ``&``.
-    """
-    rows = torch.arange(height, device=boxes.device, dtype=boxes.dtype).view(height, 1)
-    cols = torch.arange(width, device=boxes.device, dtype=boxes.dtype).view(1, width)
-    b = boxes[..., None, None]  # (..., 4, 1, 1)
-    in_rows = ((rows >= b[..., 0, :, :]) & (rows < b[..., 1, :, :])).to(dtype)
-    in_cols = ((cols >= b[..., 2, :, :]) & (cols < b[..., 3, :, :])).to(dtype)
-    return in_rows, in_cols
 
 
 def box_weight(boxes: torch.Tensor, outside: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:

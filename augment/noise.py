@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._batch import check_float_batch, draw_device, to_device
 from .checks import check_probability, check_real, is_real, require
-from .mixing import to_device
 
 __all__ = ["GaussianNoise", "device_generator", "check_clamp"]
 
@@ -75,13 +75,11 @@ class GaussianNoise:
         return f"GaussianNoise(std={self.std}, p={self.p}, clamp={self.clamp})"
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f"x must be a float (B, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}")
+        check_float_batch(x)
         if self.std == 0 or self.p == 0 or x.shape[0] == 0:
             return x, y
         gen = self.generator
-        draw_device = gen.device if gen is not None else x.device
-        selected = torch.rand(x.shape[0], generator=gen, device=draw_device) < self.p
+        selected = torch.rand(x.shape[0], generator=gen, device=draw_device(gen, x.device)) < self.p
         scale = to_device(selected.to(x.dtype) * self.std, x.device).view(-1, 1, 1, 1)
         noise = torch.empty_like(x).normal_(generator=device_generator(gen, x.device, self._derived))
         out = torch.addcmul(x, noise, scale, out=noise)  # in place: no second full-size buffer

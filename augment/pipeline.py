@@ -5,6 +5,9 @@ input noise (Bishop 1995); see the op modules. The config mirrors the YAML keys 
 docs/architecture.md: ``{"mixup": {...}, "cutmix": {...}, "mixing": {...}, "cutout": {...},
 "input_noise": {...}}``; each value is a dict, the matching dataclass, or None (defaults, i.e. off).
 
+Each batch op is registered once (:func:`register_batch_op`: its config sections, its builder, its
+place in the order); :data:`SECTIONS` and :func:`build_batch_augment` iterate the registrations.
+
 Target contract: a pipeline that knows ``num_classes`` returns soft targets ``(B, K)`` in every case
 (mixing on or off, after ``stop_epoch``, Cutout or noise only, no op at all), with label smoothing
 applied once, to int labels and to soft input targets alike.
@@ -23,7 +26,7 @@ from .checks import check_bool, check_int, check_probability, check_real, field_
 from .erasing import Cutout, check_hole_size
 from .mixing import MixupCutMix
 from .noise import GaussianNoise, check_clamp
-from .targets import to_soft
+from .targets import check_smoothing, soft_targets
 
 __all__ = [
     "Compose",
@@ -34,6 +37,10 @@ __all__ = [
     "NoiseConfig",
     "build_batch_augment",
     "as_config",
+    "BatchOpEntry",
+    "BATCH_OPS",
+    "SECTIONS",
+    "register_batch_op",
 ]
 
 BatchOp = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -113,14 +120,6 @@ class NoiseConfig:
             self.clamp = check_clamp("clamp", self.clamp)
 
 
-SECTIONS: dict[str, type] = {
-    "mixup": MixupConfig,
-    "cutmix": CutMixConfig,
-    "mixing": MixingConfig,
-    "cutout": CutoutConfig,
-    "input_noise": NoiseConfig,
-}
-
 ConfigT = TypeVar("ConfigT")
 
 
@@ -168,7 +167,7 @@ class Compose:
         self.ops = list(ops)
         self.stop_epoch = stop_epoch
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=1)
-        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
+        self.label_smoothing = check_smoothing(label_smoothing, self.num_classes)
         require(num_classes is not None or self.label_smoothing == 0, "num_classes", "given for label smoothing", None)
         self.epoch = 0
 
@@ -194,7 +193,7 @@ class Compose:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.num_classes is not None:
-            y = to_soft(y, self.num_classes, self.label_smoothing, validate=None)
+            y = soft_targets(y, self.num_classes, self.label_smoothing, validate=None)
         active = self.mixing_active
         for op in self.ops:
             if getattr(op, "mixes", False) and not active:
@@ -213,40 +212,98 @@ class Compose:
         )
 
 
+@dataclass(frozen=True)
+class BatchOpEntry:
+    """One registered batch op: its config sections (name -> dataclass), builder and place in the order."""
+
+    name: str
+    order: int
+    sections: Mapping[str, type]
+    build: Callable[..., BatchOp | None]
+
+
+BATCH_OPS: list[BatchOpEntry] = []
+"""The registered batch ops, in pipeline order."""
+
+SECTIONS: dict[str, type] = {}
+"""Config section name -> its dataclass, over every registered op (in registration order)."""
+
+
+def register_batch_op(order: int, **sections: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``build(<one config per section>, num_classes=..., generator=...) -> op or None`` (None:
+    off for this config) under config ``sections`` (``name=ConfigDataclass``); ops run by ``order``."""
+
+    def register(build: Callable[..., BatchOp | None]) -> Callable[..., BatchOp | None]:
+        taken = set(sections) & set(SECTIONS)
+        require(not taken, "sections", "names no other batch op uses", sorted(taken))
+        BATCH_OPS.append(BatchOpEntry(build.__name__, order, dict(sections), build))
+        BATCH_OPS.sort(key=lambda entry: entry.order)
+        SECTIONS.update(sections)
+        return build
+
+    return register
+
+
+@register_batch_op(20, mixup=MixupConfig, cutmix=CutMixConfig, mixing=MixingConfig)
+def build_mixing(
+    mixup: MixupConfig,
+    cutmix: CutMixConfig,
+    mixing: MixingConfig,
+    num_classes: int,
+    generator: torch.Generator | None,
+) -> BatchOp | None:
+    """Mixup / CutMix / the switch when an alpha is > 0 and mixing.prob > 0."""
+    if (mixup.alpha > 0 or cutmix.alpha > 0) and mixing.prob > 0:
+        return MixupCutMix(
+            mixup_alpha=mixup.alpha,
+            cutmix_alpha=cutmix.alpha,
+            switch_prob=mixing.switch_prob,
+            prob=mixing.prob,
+            per_sample=mixing.per_sample,
+            correct_lam=cutmix.correct_lam,
+            num_classes=num_classes,
+            generator=generator,
+        )
+    return None
+
+
+@register_batch_op(10, cutout=CutoutConfig)
+def build_cutout(cutout: CutoutConfig, num_classes: int, generator: torch.Generator | None) -> BatchOp | None:
+    """Cutout when it has holes of some size and p > 0."""
+    if cutout.n_holes > 0 and cutout.size > 0 and cutout.p > 0:
+        return Cutout(cutout.n_holes, cutout.size, cutout.fill, cutout.p, generator=generator)
+    return None
+
+
+@register_batch_op(30, input_noise=NoiseConfig)
+def build_noise(input_noise: NoiseConfig, num_classes: int, generator: torch.Generator | None) -> BatchOp | None:
+    """Gaussian input noise when std > 0 and p > 0."""
+    if input_noise.std > 0 and input_noise.p > 0:
+        return GaussianNoise(input_noise.std, input_noise.p, input_noise.clamp, generator=generator)
+    return None
+
+
 def build_batch_augment(
     config: Mapping[str, Any] | None,
     num_classes: int,
     label_smoothing: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Compose:
-    """Build Cutout -> Mixup/CutMix -> noise from ``config`` (None: every op off).
+    """Build the registered batch ops (Cutout -> Mixup/CutMix -> noise) from ``config`` (None: every op off).
 
     The result returns soft targets ``(B, num_classes)`` with ``label_smoothing`` applied, also when
-    it holds no op (``len(pipeline) == 0``).
+    it holds no op (``len(pipeline) == 0``); ``mixing.stop_epoch`` is the pipeline's.
     """
     config = {} if config is None else config
     require(isinstance(config, Mapping), "config", "a mapping of " + ", ".join(SECTIONS), config)
     unknown = sorted(set(config) - set(SECTIONS))
     if unknown:
         raise ValueError(f"config keys must be among {list(SECTIONS)}, got unknown key {unknown[0]!r}")
-    mixup, cutmix, mixing, cutout, noise = (as_config(SECTIONS[key], config.get(key), key) for key in SECTIONS)
-
+    sections = {key: as_config(cls, config.get(key), key) for key, cls in SECTIONS.items()}
     ops: list[BatchOp] = []
-    if cutout.n_holes > 0 and cutout.size > 0 and cutout.p > 0:
-        ops.append(Cutout(cutout.n_holes, cutout.size, cutout.fill, cutout.p, generator=generator))
-    if (mixup.alpha > 0 or cutmix.alpha > 0) and mixing.prob > 0:
-        ops.append(
-            MixupCutMix(
-                mixup_alpha=mixup.alpha,
-                cutmix_alpha=cutmix.alpha,
-                switch_prob=mixing.switch_prob,
-                prob=mixing.prob,
-                per_sample=mixing.per_sample,
-                correct_lam=cutmix.correct_lam,
-                num_classes=num_classes,
-                generator=generator,
-            )
-        )
-    if noise.std > 0 and noise.p > 0:
-        ops.append(GaussianNoise(noise.std, noise.p, noise.clamp, generator=generator))
-    return Compose(ops, stop_epoch=mixing.stop_epoch, num_classes=num_classes, label_smoothing=label_smoothing)
+    for entry in BATCH_OPS:
+        op = entry.build(*(sections[key] for key in entry.sections), num_classes=num_classes, generator=generator)
+        if op is not None:
+            ops.append(op)
+    stop_epoch = sections["mixing"].stop_epoch if "mixing" in sections else None
+    return Compose(ops, stop_epoch=stop_epoch, num_classes=num_classes, label_smoothing=label_smoothing)

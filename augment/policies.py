@@ -21,23 +21,27 @@ come from the policy's ``torch.Generator`` on the generator's device, and a loop
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from ._batch import check_image, draw_device
 from .checks import CheckError, check_choice, check_int, check_real, field_prefix, require
-from .color import _check_image
-from .geometric import INTERPOLATIONS, check_fill
-from .policy_ops import OPS, SIGNED, apply_ops, magnitude_table, op_index
+from .geometric import INTERPOLATIONS, check_fill, fill_values
+from .policy_ops import OPS, SIGNED, SPACE, magnitude_table, op_index, run_ops
 
 __all__ = [
     "Draw",
+    "Policy",
     "TrivialAugmentWide",
     "RandAugment",
     "AutoAugment",
     "CIFAR10_POLICY",
+    "POLICIES",
     "POLICY_NAMES",
+    "policy_parameters",
     "build_policy",
 ]
 
@@ -75,7 +79,16 @@ CIFAR10_POLICY: tuple[tuple[tuple[str, float, int | None], tuple[str, float, int
 
 _POSTERIZE = op_index("Posterize")
 _SIGNED = torch.tensor([name in SIGNED for name in OPS])
-_SPACE_OPS = len(OPS) - 1  # TrivialAugment and RandAugment draw from OPS[:14] (no Invert)
+_SPACE = torch.tensor(SPACE)  # the ops TrivialAugment and RandAugment draw from (all but Invert)
+
+POLICIES: dict[str, type[Policy]] = {}
+"""Registered policies by config name, in registration order (filled by each class's definition)."""
+
+
+def _space_ops(batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """One op per sample, uniform over :data:`~augment.policy_ops.SPACE`."""
+    drawn = torch.randint(0, len(SPACE), (batch,), generator=generator, device=device)
+    return _SPACE.to(device)[drawn]
 
 
 def _signed_draw(ops: torch.Tensor, table: torch.Tensor, bins: torch.Tensor, generator: torch.Generator | None) -> Draw:
@@ -90,10 +103,26 @@ def _signed_draw(ops: torch.Tensor, table: torch.Tensor, bins: torch.Tensor, gen
     return ops, torch.where(negate, -mags, mags)
 
 
-class _Policy:
-    """Shared parts: magnitude tables per image size, draw device, ``apply`` and ``__call__``."""
+class Policy:
+    """The base of the policies: magnitude tables per image size, draw device, ``apply`` and ``__call__``;
+    a subclass gives ``sample``.
+
+    A subclass registers itself under a config name: ``class MyPolicy(Policy, name="mypolicy",
+    torchvision="TrivialAugmentWide")``; its constructor's parameters (all but ``generator``) are the
+    config keys :func:`build_policy` accepts, and ``torchvision`` names the ``transforms.v2`` class the
+    workers loader runs instead (its parameters are matched by name), or None for none.
+    """
 
     space = "standard"
+    name: ClassVar[str]
+    torchvision: ClassVar[str | None]
+
+    def __init_subclass__(cls, name: str | None = None, torchvision: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            require(name != "none" and name not in POLICIES, "policy name", "a new name", name)
+            cls.name, cls.torchvision = name, torchvision
+            POLICIES[name] = cls
 
     def __init__(
         self,
@@ -105,6 +134,7 @@ class _Policy:
         self.num_magnitude_bins = check_int("num_magnitude_bins", num_magnitude_bins, low=2)
         self.interpolation = check_choice("interpolation", interpolation, INTERPOLATIONS)
         self.fill = check_fill("fill", fill)
+        self._fills = fill_values(self.fill)
         self.generator = generator
         self._tables: dict[tuple[int, int, str], torch.Tensor] = {}
 
@@ -119,7 +149,7 @@ class _Policy:
         self, generator: torch.Generator | None, device: torch.device | str | None
     ) -> tuple[torch.Generator | None, torch.device]:
         gen = self.generator if generator is None else generator
-        return gen, gen.device if gen is not None else torch.device(device or "cpu")
+        return gen, draw_device(gen, device or "cpu")
 
     def sample(
         self,
@@ -134,20 +164,33 @@ class _Policy:
 
     def apply(self, x: torch.Tensor, draws: Sequence[Draw]) -> torch.Tensor:
         """Apply the steps ``draws`` (from :meth:`sample`) to ``x`` in order; always a new tensor."""
+        self._check(x)
+        b = x.shape[0]
+        for ops, mags in draws:
+            require(ops.shape == (b,) and mags.shape == (b,), "draws", f"(ops, magnitudes) of shape ({b},)", ops.shape)
+        return self._apply(x, draws)
+
+    def _apply(self, x: torch.Tensor, draws: Sequence[Draw]) -> torch.Tensor:
         if not draws:
             return x.clone()
         for ops, mags in draws:
-            x = apply_ops(x, ops, mags, self.interpolation, self.fill)
+            x = run_ops(x, ops, mags, self.interpolation, self._fills)
         return x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """A new random draw for ``x`` (B, C, H, W), applied; the output has ``x``'s shape, dtype and layout."""
-        _check_image(x)
+        self._check(x)
         b, _, h, w = x.shape
-        return self.apply(x, self.sample(b, h, w, device=x.device))
+        return self._apply(x, self.sample(b, h, w, device=x.device))
+
+    def _check(self, x: torch.Tensor) -> None:
+        """The one check of a call's images (the ops inside run unchecked)."""
+        check_image(x)
+        rule = f"a number or {x.shape[1]} numbers (one per channel)"
+        require(len(self._fills) in (1, x.shape[1]), "fill", rule, self.fill)
 
 
-class TrivialAugmentWide(_Policy):
+class TrivialAugmentWide(Policy, name="trivialaugment", torchvision="TrivialAugmentWide"):
     """TrivialAugment (wide ranges): each sample gets one op uniform over 14 and a magnitude bin uniform
     over ``num_magnitude_bins``.
 
@@ -182,12 +225,12 @@ class TrivialAugmentWide(_Policy):
     ) -> list[Draw]:
         """One step: (op, magnitude) per sample."""
         gen, dev = self._draw_setup(generator, device)
-        ops = torch.randint(0, _SPACE_OPS, (batch,), generator=gen, device=dev)
+        ops = _space_ops(batch, gen, dev)
         bins = torch.randint(0, self.num_magnitude_bins, (batch,), generator=gen, device=dev).float()
         return [_signed_draw(ops, self.table(height, width, dev), bins, gen)]
 
 
-class RandAugment(_Policy):
+class RandAugment(Policy, name="randaugment", torchvision="RandAugment"):
     """RandAugment: ``num_ops`` steps; in each, every sample gets an op uniform over 14 at bin ``magnitude``.
 
     Args:
@@ -234,7 +277,7 @@ class RandAugment(_Policy):
         table = self.table(height, width, dev)
         draws = []
         for _ in range(self.num_ops):
-            ops = torch.randint(0, _SPACE_OPS, (batch,), generator=gen, device=dev)
+            ops = _space_ops(batch, gen, dev)
             bins = torch.full((batch,), float(self.magnitude), device=dev)
             if self.magnitude_std > 0:
                 noise = torch.randn(batch, generator=gen, device=dev)
@@ -243,7 +286,7 @@ class RandAugment(_Policy):
         return draws
 
 
-class AutoAugment(_Policy):
+class AutoAugment(Policy, name="autoaugment", torchvision="AutoAugment"):
     """AutoAugment's learned CIFAR-10 policy: each sample gets one of the 25 sub-policies uniformly; each of
     its two steps runs with the step's probability, at the step's bin of 10 (else the sample is unchanged).
 
@@ -289,39 +332,41 @@ class AutoAugment(_Policy):
         return draws
 
 
-POLICY_NAMES = ("none", "trivialaugment", "randaugment", "autoaugment")
-_CLASSES = {"trivialaugment": TrivialAugmentWide, "randaugment": RandAugment, "autoaugment": AutoAugment}
-_PARAMETERS = {
-    "trivialaugment": ("num_magnitude_bins", "interpolation", "fill"),
-    "randaugment": ("num_ops", "magnitude", "num_magnitude_bins", "magnitude_std", "interpolation", "fill"),
-    "autoaugment": ("policy", "interpolation", "fill"),
-}
+POLICY_NAMES = ("none", *POLICIES)
+"""The config names of the policies defined here (``none`` = off); :data:`POLICIES` also holds later ones."""
+
+
+def policy_parameters(cls: type[Policy]) -> dict[str, inspect.Parameter]:
+    """The config parameters of a policy class: its constructor's, without ``generator``."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: p for k, p in params.items() if k not in ("self", "generator") and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
 def build_policy(
     spec: str | Mapping[str, Any] | None, field: str = "policy", generator: torch.Generator | None = None
-) -> _Policy | None:
+) -> Policy | None:
     """A policy from a config value: None / ``"none"`` (off), a name, or ``{"name": ..., <parameters>}``;
     a policy object is returned as it is.
 
     Errors name ``field`` (``policy.magnitude must be in [0, 30], got 31``); a config layer adds its prefix
     with :func:`augment.checks.field_prefix`.
     """
-    if isinstance(spec, _Policy):
+    if isinstance(spec, Policy):
         return spec
+    names = ("none", *POLICIES)
     if spec is None or isinstance(spec, str):
-        name, params = check_choice(field, "none" if spec is None else spec, POLICY_NAMES), {}
+        name, params = check_choice(field, "none" if spec is None else spec, names), {}
     else:
-        require(isinstance(spec, Mapping), field, f"a name ({', '.join(POLICY_NAMES)}) or a mapping with a name", spec)
+        require(isinstance(spec, Mapping), field, f"a name ({', '.join(names)}) or a mapping with a name", spec)
         params = dict(spec)
-        name = check_choice(f"{field}.name", params.pop("name", "none"), POLICY_NAMES)
+        name = check_choice(f"{field}.name", params.pop("name", "none"), names)
     if name == "none":
         if params:
             key = next(iter(params))
             raise CheckError(f"{field}.{key}", "unset when the policy is none", params[key])
         return None
-    allowed = _PARAMETERS[name]
+    allowed = tuple(policy_parameters(POLICIES[name]))
     for key, value in params.items():
         require(key in allowed, f"{field}.{key}", f"a {name} parameter ({', '.join(allowed)})", value)
     with field_prefix(field):
-        return _CLASSES[name](**params, generator=generator)
+        return POLICIES[name](**params, generator=generator)

@@ -17,9 +17,22 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_int, check_probability
+from .checks import check_int, check_probability, check_real, is_real, require
 
-__all__ = ["one_hot", "smooth", "to_soft", "check_labels", "check_probability"]
+__all__ = ["one_hot", "smooth", "to_soft", "soft_targets", "check_labels", "check_smoothing", "check_probability"]
+
+
+def check_smoothing(value: float, num_classes: int | None = None, field: str = "label_smoothing") -> float:
+    """The one rule for label smoothing: in [0, (K - 1) / K) for K classes (at (K - 1) / K the target is
+    uniform, above it the label gets less weight than the other classes); in [0, 1) while K is unknown."""
+    if num_classes is None:
+        return check_real(field, value, 0.0, 1.0, high_open=True)
+    k = check_int("num_classes", num_classes, low=1)
+    top = (k - 1) / k
+    ok = is_real(value) and (value == 0 or 0 <= value < top)
+    rule = f">= 0 and < {top:g} for {k} classes (at {top:g} every target is uniform)" if k > 1 else "0 for 1 class"
+    require(ok, field, rule, value)
+    return float(value)
 
 
 def _require_num_classes(y: torch.Tensor, num_classes: int | None) -> int:
@@ -69,16 +82,10 @@ def one_hot(
 def smooth(y: torch.Tensor, num_classes: int | None, smoothing: float) -> torch.Tensor:
     """Label-smoothed targets ``(B, K)``: off = smoothing / K, on = 1 - smoothing + off.
 
-    ``y`` is int labels ``(B,)`` or soft targets ``(B, K)`` (then ``y * (1 - smoothing) + smoothing / K``).
+    ``y`` is int labels ``(B,)`` or soft targets ``(B, K)`` (then ``y * (1 - smoothing) + smoothing / K``);
+    ``smoothing`` follows :func:`check_smoothing`.
     """
-    s = check_probability("label_smoothing", smoothing)
-    if y.is_floating_point():
-        check_labels(y, num_classes)
-        k = y.shape[1]
-        return y * (1.0 - s) + s / k if s > 0 else y
-    k = _require_num_classes(y, num_classes)
-    off = s / k
-    return one_hot(y, k, on_value=1.0 - s + off, off_value=off)
+    return _smooth(y, num_classes, check_smoothing(smoothing, _classes(y, num_classes)))
 
 
 def to_soft(
@@ -90,11 +97,31 @@ def to_soft(
     ``validate``: True checks the label range (device sync on accelerators), False skips it,
     None checks only when ``y`` is on the CPU. A missing ``num_classes`` for int labels always raises.
     """
+    return soft_targets(y, num_classes, check_smoothing(smoothing, _classes(y, num_classes)), validate)
+
+
+def soft_targets(y: torch.Tensor, num_classes: int | None, smoothing: float, validate: bool | None) -> torch.Tensor:
+    """:func:`to_soft` for a ``smoothing`` already checked where it entered (an op's constructor)."""
     if y.is_floating_point():
-        return smooth(y, num_classes, smoothing)
+        return _smooth(y, num_classes, smoothing)
     _require_num_classes(y, num_classes)
     if validate or (validate is None and y.device.type == "cpu"):
         check_labels(y, num_classes)
     elif y.ndim != 1:
         raise ValueError(f"integer labels must have shape (B,), got shape {tuple(y.shape)}")
-    return smooth(y, num_classes, smoothing)
+    return _smooth(y, num_classes, smoothing)
+
+
+def _classes(y: torch.Tensor, num_classes: int | None) -> int | None:
+    """K for the smoothing rule: soft targets' width, else ``num_classes``."""
+    return y.shape[1] if y.is_floating_point() and y.ndim == 2 else num_classes
+
+
+def _smooth(y: torch.Tensor, num_classes: int | None, s: float) -> torch.Tensor:
+    if y.is_floating_point():
+        check_labels(y, num_classes)
+        k = y.shape[1]
+        return y * (1.0 - s) + s / k if s > 0 else y
+    k = _require_num_classes(y, num_classes)
+    off = s / k
+    return one_hot(y, k, on_value=1.0 - s + off, off_value=off)

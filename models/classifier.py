@@ -46,9 +46,10 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from augment.checks import check_bool, check_int, check_real, require
+from augment.checks import check_bool, check_int, check_real, field_prefix, require
 from augment.losses import soft_target_cross_entropy
 from augment.pipeline import (
+    SECTIONS,
     Compose,
     CutMixConfig,
     CutoutConfig,
@@ -62,13 +63,12 @@ from models.backbones import create_model
 from models.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, param_groups
 from models.sam import SAM, preserve_bn_stats
 
-__all__ = ["CifarClassifier", "soft_cross_entropy", "flip_tta_log_probs"]
+__all__ = ["CifarClassifier", "flip_tta_log_probs"]
 
 RNG_STATE_KEY = "batch_augment_rng_state"
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads nearby seeds / ranks apart
 
 
-soft_cross_entropy = soft_target_cross_entropy  # the name this module exported before augment had it
 
 
 def flip_tta_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -138,11 +138,8 @@ class CifarClassifier(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        mixup = as_config(MixupConfig, mixup, "model.mixup")
-        cutmix = as_config(CutMixConfig, cutmix, "model.cutmix")
-        mixing = as_config(MixingConfig, mixing, "model.mixing")
-        cutout = as_config(CutoutConfig, cutout, "model.cutout")
-        input_noise = as_config(NoiseConfig, input_noise, "model.input_noise")
+        given = locals()  # the batch-op sections (mixup, cutmix, ...) are read by name, as SECTIONS lists them
+        batch_sections = {key: as_config(cls, given[key], f"model.{key}") for key, cls in SECTIONS.items()}
         optimizer = as_config(OptimizerConfig, optimizer, "model.optimizer")
         scheduler = as_config(SchedulerConfig, scheduler, "model.scheduler")
         _check_backbone(backbone)
@@ -156,17 +153,16 @@ class CifarClassifier(pl.LightningModule):
         self.save_hyperparameters()
         for store in (self._hparams, self._hparams_initial):
             for key in list(store):
-                store[key] = _plain(store[key])
+                store[key] = _plain(batch_sections.get(key, store[key]))
 
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
         self.optimizer_config = optimizer
         self.scheduler_config = scheduler
-        self.batch_augment_config = {
-            "mixup": mixup, "cutmix": cutmix, "mixing": mixing, "cutout": cutout, "input_noise": input_noise
-        }
+        self.batch_augment_config = batch_sections
         # Built once, here (this also checks it); set_generator gives it a device generator at the first step.
-        self._batch_augment = build_batch_augment(self.batch_augment_config, num_classes, self.label_smoothing)
+        with field_prefix("model"):  # label_smoothing's one rule (augment.targets.check_smoothing), as model.*
+            self._batch_augment = build_batch_augment(self.batch_augment_config, num_classes, self.label_smoothing)
         self.tta_flip = tta_flip
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from augment._batch import as_nchw as _as_nchw
 from augment.checks import check_int
-from augment.crop import _as_nchw, check_crop_args, shift_crop, to_normalized_float
+from augment.crop import check_crop_args, shift_crop, to_normalized_float
 
 __all__ = ["DeviceBatchLoader", "ArrayDataset", "shard_indices"]
 

@@ -13,6 +13,7 @@ from the same global seed.
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 
 from augment.checks import check_int, require
-from augment.policies import AutoAugment, RandAugment, TrivialAugmentWide, build_policy
+from augment.crop import check_crop_args
+from augment.policies import build_policy, policy_parameters
 
 __all__ = ["train_transform", "eval_transform", "WorkerSeeder", "reseed_transform", "torchvision_policy", "PerImage"]
 
@@ -66,11 +68,11 @@ def train_transform(
     Returns an ``albumentations.Compose``; call it as ``t(image=hwc_uint8)["image"]``.
     """
     A, ToTensorV2, cv2 = _albumentations()
-    check_int("padding", padding, low=0)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    check_crop_args(padding, "reflect", height, width)  # the device loader's rule for the same reflect padding
     check_int("cutout_holes", cutout_holes, low=0)
     if cutout_holes:
         check_int("cutout_size", cutout_size, low=1)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     ops: list[Any] = []
     if padding:
         # BORDER_REFLECT_101 (gfedcb|abcdefgh) matches torch's "reflect" padding used on the GPU path.
@@ -107,26 +109,36 @@ def torchvision_policy(spec: str | Mapping[str, Any] | Any | None, field: str = 
     """torchvision's own per-image class (``transforms.v2``) for a ``data.policy`` value or a device policy
     object; None for none.
 
-    Same parameters as the device policy; a fill of 0 is torchvision's default (no fill). torchvision's
-    RandAugment has no magnitude std, so ``magnitude_std`` must be 0 here. The draws come from torch's
-    global RNG, which DataLoader seeds in each worker from the loader's generator.
+    The class is the one the policy registered (``torchvision=...``); its parameters are passed by name
+    (a fill of 0 is torchvision's default, no fill). A parameter torchvision's class lacks (RandAugment's
+    ``magnitude_std``) must keep its default here. The draws come from torch's global RNG, which DataLoader
+    seeds in each worker from the loader's generator.
     """
     policy = build_policy(spec, field)
     if policy is None:
         return None
     from torchvision.transforms import v2
 
-    mode = v2.InterpolationMode(policy.interpolation)
+    rule = "a policy with a torchvision class on the workers loader"
+    require(policy.torchvision is not None, field, rule, policy.name)
+    cls = getattr(v2, policy.torchvision)
+    theirs = inspect.signature(cls).parameters
     fills = policy.fill if isinstance(policy.fill, tuple) else (policy.fill,)
-    fill = None if all(v == 0 for v in fills) else (list(fills) if len(fills) > 1 else fills[0])
-    if isinstance(policy, TrivialAugmentWide):
-        return v2.TrivialAugmentWide(num_magnitude_bins=policy.num_magnitude_bins, interpolation=mode, fill=fill)
-    if isinstance(policy, RandAugment):
-        rule = "0 on the workers loader (torchvision's RandAugment has no magnitude std)"
-        require(policy.magnitude_std == 0, f"{field}.magnitude_std", rule, policy.magnitude_std)
-        return v2.RandAugment(policy.num_ops, policy.magnitude, policy.num_magnitude_bins, mode, fill)
-    assert isinstance(policy, AutoAugment)
-    return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, mode, fill)
+    convert = {
+        "interpolation": v2.InterpolationMode,
+        "fill": lambda _: None if all(v == 0 for v in fills) else (list(fills) if len(fills) > 1 else fills[0]),
+        "policy": v2.AutoAugmentPolicy,
+    }
+    kwargs = {}
+    for name, param in policy_parameters(type(policy)).items():
+        value = getattr(policy, name)
+        if name in theirs:
+            kwargs[name] = convert.get(name, lambda v: v)(value)
+        else:
+            what = name.replace("_", " ")
+            rule = f"{param.default:g} on the workers loader (torchvision's {policy.torchvision} has no {what})"
+            require(value == param.default, f"{field}.{name}", rule, value)
+    return cls(**kwargs)
 
 
 class PerImage:
