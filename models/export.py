@@ -9,10 +9,11 @@ Inside: ``x.float() * (1 / (255 std)) - mean / std``, the same arithmetic as the
 validation loader (`augment.crop.to_normalized_float`), then the network. Next to the model file,
 ``<file>.json`` records class_names, image_size, mean, std, the input layout, the opset and the check.
 
-ONNX: torch's `torch.export`-based exporter (``dynamo=True``, needs onnxscript), opset 18 unless asked
-otherwise; when that exporter fails on a network, the TorchScript-based exporter is tried and named in
-the sidecar. TorchScript: ``torch.jit.trace`` (deprecated by torch in favour of torch.export, still the
-format most C++ / mobile runtimes load). After writing, the file is loaded back (onnxruntime on the CPU
+ONNX: torch's `torch.export`-based exporter (``dynamo=True``, needs onnxscript) at opset 18 unless asked
+otherwise; below opset 18 (where that exporter only converts down, often failing), or when it fails on a
+network, the TorchScript-based exporter is used and named in the sidecar. TorchScript:
+``torch.jit.trace`` (deprecated by torch in favour of torch.export, still the format most C++ and mobile
+runtimes load). After writing, the file is loaded back (onnxruntime on the CPU
 for ONNX) and its logits are compared with PyTorch's on a batch of images of a batch size other than the
 traced one; the file is kept only if the max abs difference is within ``tolerance * max(1, max |logit|)``.
 """
@@ -20,6 +21,7 @@ traced one; the file is kept only if the max abs difference is within ``toleranc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -92,23 +94,45 @@ def _need_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
+def _opset_of(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    onnx, _ = _need_onnx()
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET) -> str:
-    """Write ``wrapper`` as ONNX with a dynamic batch axis; return the exporter used (dynamo / torchscript)."""
+    """Write ``wrapper`` as ONNX with a dynamic batch axis at ``opset``; return the exporter used.
+
+    torch's `torch.export`-based exporter (``dynamo``) from opset 18; below 18, or when it fails or writes
+    another opset, the TorchScript-based exporter (``torchscript``).
+    """
     _need_onnx()
     names = {"input_names": ["images"], "output_names": ["logits"], "opset_version": opset}
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)  # the new exporter logs a failure at length before raising it
         try:
+            if opset < 18:
+                raise ValueError("the torch.export-based exporter writes opset 18 and later")
             batch = torch.export.Dim("batch", min=1)
             torch.onnx.export(wrapper, (example,), str(path), dynamo=True, external_data=False, verbose=False,
                               dynamic_shapes=({0: batch},), **names)
-            return "dynamo"
+            if _opset_of(path) == opset:
+                return "dynamo"
         except ImportError as err:
             raise ImportError(f"--format onnx needs onnxscript ({err}): {EXPORT_EXTRA}") from None
         except Exception:  # noqa: BLE001 - any failure of the new exporter: the older one may still work
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=False,
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, **names)
-            return "torchscript"
+            pass
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+        torch.onnx.export(wrapper, (example,), str(path), dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, **names)
+        return "torchscript"
 
 
 def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) -> str:

@@ -39,6 +39,7 @@ def test_onnx_export_equals_pytorch_with_ema_weights(run: Path, tmp_path: Path, 
     assert side["class_names"] == [3, 7, 11, 20]  # the training CSV's integer labels
     assert side["input"]["shape"] == ["batch", 3, 32, 32] and side["input"]["dtype"] == "uint8"
     assert side["opset"] == 18 and side["ema_weights"] is True and side["check"]["max_abs_diff"] <= 1e-4
+    assert _declared_opset(out) == 18
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for n in (1, 5):  # dynamic batch axis
         images = _images(n)
@@ -47,6 +48,21 @@ def test_onnx_export_equals_pytorch_with_ema_weights(run: Path, tmp_path: Path, 
         assert got.shape == (n, 4)
         assert np.abs(got - ema).max() <= 1e-4
         assert np.abs(got - trained).max() > 1e-3  # the EMA copy was exported, not the trained weights
+
+
+def _declared_opset(path: Path) -> int:
+    import onnx
+
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+@pytest.mark.slow
+def test_onnx_opset_below_18(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "model17.onnx"
+    assert main(["export", "--member", str(run), "--format", "onnx", "--opset", "17", "--output", str(out)]) == 0
+    assert "(torchscript, opset 17)" in capsys.readouterr().out
+    assert _declared_opset(out) == 17
+    assert json.loads((tmp_path / "model17.onnx.json").read_text())["exporter"] == "torchscript"
 
 
 @pytest.mark.slow
