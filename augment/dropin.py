@@ -127,7 +127,26 @@ def _check_labels_getter(labels_getter: Any) -> None:
     require(isinstance(labels_getter, str) and labels_getter == "default", "labels_getter", rule, labels_getter)
 
 
-class MixUp(_Mixup):
+class _TorchvisionShaped:
+    """torchvision v2's constructor keywords and ``(images, labels)`` call, over one of this package's ops."""
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 1.0,
+        num_classes: int | None = None,
+        labels_getter: Any = "default",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        _check_labels_getter(labels_getter)
+        super().__init__(alpha=alpha, num_classes=num_classes, pairing="roll", generator=generator)  # type: ignore[call-arg]
+        self.alpha = alpha
+
+    def __call__(self, *inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().__call__(*_images_and_labels(inputs, type(self).__name__))  # type: ignore[misc]
+
+
+class MixUp(_TorchvisionShaped, _Mixup):
     """``torchvision.transforms.v2.MixUp`` on this package's ops: one lambda ~ Beta(alpha, alpha) per batch,
     image i mixed with image i - 1; labels ``(B,)`` become mixed one-hot ``(B, num_classes)`` float.
 
@@ -135,44 +154,14 @@ class MixUp(_Mixup):
     torchvision) is the source of the draws; ``images`` are float ``(B, C, H, W)``.
     """
 
-    def __init__(
-        self,
-        *,
-        alpha: float = 1.0,
-        num_classes: int | None = None,
-        labels_getter: Any = "default",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        _check_labels_getter(labels_getter)
-        super().__init__(alpha=alpha, num_classes=num_classes, pairing="roll", generator=generator)
-        self.alpha = alpha
 
-    def __call__(self, *inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().__call__(*_images_and_labels(inputs, type(self).__name__))
-
-
-class CutMix(_CutMix):
+class CutMix(_TorchvisionShaped, _CutMix):
     """``torchvision.transforms.v2.CutMix`` on this package's ops: one box per batch pasted from image i - 1,
     of half-sides ``int(0.5 * sqrt(1 - lam) * (W, H))`` around a uniform center, clipped; the label weight
     is the kept fraction.
 
     ``labels_getter`` must be ``"default"``; ``generator`` (not in torchvision) is the source of the draws.
     """
-
-    def __init__(
-        self,
-        *,
-        alpha: float = 1.0,
-        num_classes: int | None = None,
-        labels_getter: Any = "default",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        _check_labels_getter(labels_getter)
-        super().__init__(alpha=alpha, num_classes=num_classes, pairing="roll", generator=generator)
-        self.alpha = alpha
-
-    def __call__(self, *inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().__call__(*_images_and_labels(inputs, type(self).__name__))
 
     def boxes(self, lam: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """torchvision's box: half-sides ``int(0.5 * sqrt(1 - lam) * side)`` around ``(cy, cx)``, clipped."""
