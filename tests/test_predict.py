@@ -197,6 +197,13 @@ def test_argument_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["predict", "--members", str(tmp_path), "--images", str(tmp_path), "--output", out,
                  "--tta", "five"]) == 2
     assert "invalid choice: 'five'" in _one_line_error(capsys)
+    assert main(["predict", "--members", str(tmp_path), "--images", str(tmp_path), "--output", out,
+                 "--batch-size", "0"]) == 2
+    assert "--batch-size must be an int >= 1, got 0" in _one_line_error(capsys)
+    if not torch.cuda.is_available():
+        assert main(["predict", "--members", str(tmp_path), "--images", str(tmp_path), "--output", out,
+                     "--device", "cuda"]) == 2
+        assert "--device must be auto or cpu on a machine without a CUDA device" in _one_line_error(capsys)
 
 
 def test_malicious_checkpoint_refused_unrun(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
