@@ -122,11 +122,7 @@ def check_meaningful(config: Any, hparams: Mapping[str, Any], image_size: tuple[
     if get("data.cutout_holes") and get("data.cutout_size") is not None and get("data.cutout_size") >= side:
         rule = f"< the image side {side} (a hole that size erases every image)"
         raise CheckError("data.cutout_size", rule, get("data.cutout_size"))
-    smoothing = hparams.get("label_smoothing", 0.0)
-    uniform = (num_classes - 1) / num_classes
-    if is_real(smoothing) and smoothing >= uniform:
-        rule = f"< {uniform:g} for {num_classes} classes (at {uniform:g} every target is uniform)"
-        raise CheckError("model.label_smoothing", rule, smoothing)
+    # label smoothing: one rule, augment.targets.check_smoothing, applied where the batch pipeline is built
     _warn_harmful(get, hparams, num_classes)
 
 
