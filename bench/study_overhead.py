@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = _imagefolder(tmp / "data", opts.images)
         study = _study(tmp, opts.trials, opts.epochs)
+        from augment.data.datasets import load_dataset
+
+        for split in ("train", "test"):  # decode and cache the images once, outside every timed mode
+            load_dataset("imagefolder", data, split, download=False)
         seq = _sequential(study, tmp / "seq", data, 1)
         print(f"[overhead] sequential: {seq:.1f} s", flush=True)
         init1, ray1, stop1 = _ray(study, tmp / "ray1", data, 1, cores)
