@@ -7,7 +7,7 @@
 
 import sys
 
-from models.cli import main
+from models.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -155,7 +155,7 @@ import json, os, statistics, sys, time
 
 import torch
 
-from models.cli import run
+from models.run.cli import run
 
 data_root, extra = sys.argv[1], sys.argv[2:]
 config, seeds = os.environ["TTA_CONFIG"], [int(s) for s in os.environ["TTA_SEEDS"].split(",")]

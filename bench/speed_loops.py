@@ -2,7 +2,7 @@
 
 - plain: `PlainLoop`. One `index_select` per batch gathers crop + flip from the uint8 (N, H, W, C) store
   (reflection folded into the index), one fused multiply-add normalizes; no host sync per step.
-- lightning: `train_lightning` builds the `models.cli.CifarCLI` objects train.py builds (CifarClassifier,
+- lightning: `train_lightning` builds the `models.run.cli.CifarCLI` objects train.py builds (CifarClassifier,
   CIFARDataModule with `loader="device"`, the same callbacks, TensorBoard logger) for a train-only run and
   times each epoch with a callback; `device_dataset_bytes` finds the image tensors its data keeps on the device.
 """
@@ -284,20 +284,20 @@ def _lightning_trainer(
     guard_every: int | None = None,
     sam: bool = False,
 ) -> Any:
-    """`models.cli.CifarCLI` objects for a train-only run: no early stopping, checkpoints last-only or off;
+    """`models.run.cli.CifarCLI` objects for a train-only run: no early stopping, checkpoints last-only or off;
     `guard_every` overrides `NonFiniteLossGuard.check_every_n_steps` (how often the loss is read to the host);
     `sam` wraps the optimizer in SAM."""
     from pytorch_lightning.callbacks import Checkpoint, EarlyStopping
 
     from models.callbacks import LastCheckpoint
-    from models.cli import CifarCLI
+    from models.run.cli import CifarCLI
 
     with unittest.mock.patch.object(sys, "argv", sys.argv[:1]):  # the config is all in args, not sys.argv
         cli = CifarCLI(_cli_args(settings, root, mix, workdir, subset, sam))
     kept = []
     for callback in cli.trainer.callbacks:
         if isinstance(callback, EarlyStopping):
-            continue  # no validation split: nothing to monitor (as models.cli.run does)
+            continue  # no validation split: nothing to monitor (as models.run.cli.run does)
         if isinstance(callback, Checkpoint) and (not checkpoint or not isinstance(callback, LastCheckpoint)):
             continue  # checkpointing on: only train.py's every-epoch last.ckpt (no monitored metric here)
         if guard_every is not None and hasattr(callback, "check_every_n_steps"):
@@ -318,7 +318,7 @@ def train_lightning(
     guard_every: int | None = None,
     sam: bool = False,
 ) -> RunResult:
-    """Train through `models.cli.CifarCLI` (train.py's objects); checkpoints every epoch when `checkpoint`."""
+    """Train through `models.run.cli.CifarCLI` (train.py's objects); checkpoints every epoch when `checkpoint`."""
     clock = _epoch_clock(settings)
     cli = _lightning_trainer(settings, root, mix, checkpoint, workdir, subset, [clock], guard_every, sam)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

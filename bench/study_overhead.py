@@ -62,7 +62,7 @@ def _sequential(study_path: Path, out: Path, data: Path, threads: int) -> float:
     """The N fits one after another in this process (as the runner did before Ray)."""
     import torch
 
-    from models.cli import run
+    from models.run.cli import run
 
     torch.set_num_threads(threads)
     study = load_study(study_path)

@@ -6,7 +6,7 @@ images that live on the device with per-sample random crop (reflect pad 4) + fli
 
 - plain: `bench.speed_loops.PlainLoop`. One `index_select` per batch gathers crop + flip from the uint8
   (N, H, W, C) store (reflection folded into the index), one fused multiply-add normalizes; no host sync per step.
-- lightning: `models.cli.CifarCLI` (the objects train.py builds: CifarClassifier, CIFARDataModule with
+- lightning: `models.run.cli.CifarCLI` (the objects train.py builds: CifarClassifier, CIFARDataModule with
   `loader="device"`, the same callbacks, TensorBoard logger), no validation split, progress bar off,
   checkpointing off and on.
 - `--mix on`: both apply the project's per-sample Mixup/CutMix switch (`augment.pipeline`), so the

@@ -44,7 +44,7 @@ def sample_images(n: int = 12, size: int = 32, seed: int = 5) -> tuple[np.ndarra
 
 def reference_logits(run: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(EMA logits, trained-backbone logits) of a run's best checkpoint for uint8 (N, 3, H, W), normalized with
-    the mean/std of the run's DataModule: computed here without models.predict."""
+    the mean/std of the run's DataModule: computed here without models.run.predict."""
     import inspect
 
     import torch

@@ -2,8 +2,8 @@
 
 - `make_imagefolder(root, ...)`: writes `root/{train,test}/<class>/<i>.png`, 32x32 RGB, where each class
   has its own colour and stripe orientation (plus pixel noise), so even a tiny CNN learns it in a few steps.
-- `tiny_args(root, workdir, ...)`: the `models.cli.run` argument list of a seconds-long CPU run.
-- `run_cli(args)` / `main_cli(args)`: `models.cli.run(args)` / `models.cli.main(args)`.
+- `tiny_args(root, workdir, ...)`: the `models.run.cli.run` argument list of a seconds-long CPU run.
+- `run_cli(args)` / `main_cli(args)`: `models.run.cli.run(args)` / `models.run.cli.main(args)`.
 - `read_tensorboard(log_dir)`, `checkpoint_test_loss(...)`, `subprocess_env()`.
 """
 
@@ -53,7 +53,7 @@ def make_imagefolder(
 
 
 def tiny_args(root: Path, workdir: Path, *extra: str, max_epochs: int = 2, name: str = "tiny") -> list[str]:
-    """`models.cli.run` arguments for a fast CPU run on the ImageFolder at `root`, logging under `workdir`.
+    """`models.run.cli.run` arguments for a fast CPU run on the ImageFolder at `root`, logging under `workdir`.
 
     timm `test_resnet` (CIFAR stem), fp32, GPU-style loader on the CPU, 24 validation images, batch 16,
     no progress bar; `extra` arguments come last and override these.
@@ -86,15 +86,15 @@ def tiny_args(root: Path, workdir: Path, *extra: str, max_epochs: int = 2, name:
 
 
 def run_cli(args: list[str] | dict) -> dict[str, Any]:
-    """`models.cli.run(args)`: only `args` is read (the CLI ignores pytest's own sys.argv)."""
-    from models.cli import run
+    """`models.run.cli.run(args)`: only `args` is read (the CLI ignores pytest's own sys.argv)."""
+    from models.run.cli import run
 
     return run(args)
 
 
 def main_cli(args: list[str]) -> int:
-    """`models.cli.main(args)`: the exit code of train.py for these arguments."""
-    from models.cli import main
+    """`models.run.cli.main(args)`: the exit code of train.py for these arguments."""
+    from models.run.cli import main
 
     return main(args)
 

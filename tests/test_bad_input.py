@@ -1,7 +1,7 @@
 """Bad input, tried systematically: every invalid config or data case ends in one `error:` line naming the
 field and the rule, exit code 2, no traceback and no checkpoint that could pass for a result.
 
-The table runs in-process through `models.cli.main(argv)` (what train.py calls); three cases also run
+The table runs in-process through `models.run.cli.main(argv)` (what train.py calls); three cases also run
 `python train.py` in subprocesses to prove the real exit code and stderr.
 """
 
@@ -250,7 +250,7 @@ def test_bad_input_gives_one_line_error_and_no_result(
     case: str, data: str, extra: list[str], field: str, rule: str, data_roots: dict[str, Path],
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from models.cli import main
+    from models.run.cli import main
 
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)

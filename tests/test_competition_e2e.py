@@ -22,7 +22,7 @@ from competition_data import write_pngs
 
 from bench.study.oof import write_study_oof
 from helpers import REPO, run_cli
-from models.commands import main
+from models.run.commands import main
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -46,7 +46,7 @@ def base_args(data: Path, workdir: Path) -> list[str]:
 
 def schema(data: Path, workdir: Path) -> dict[str, Any]:
     """Every scalar setting the CLI parses for a valid run, with its parsed default."""
-    from models.cli import CifarCLI
+    from models.run.cli import CifarCLI
 
     flat = vars(CifarCLI(base_args(data, workdir)).config.clone().as_flat())
     keys = {k: v for k, v in flat.items() if k.startswith(SECTIONS) or k in TRAINER_KEYS}

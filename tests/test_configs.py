@@ -33,7 +33,7 @@ NOT_INSTANTIATED = ("root", "download")  # pointed elsewhere by every test
 
 def _cli(*args: str) -> Any:
     """`CifarCLI(args)` (instantiates model, datamodule and trainer; runs nothing)."""
-    from models.cli import CifarCLI
+    from models.run.cli import CifarCLI
 
     return CifarCLI(list(args))
 

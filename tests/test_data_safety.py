@@ -2,7 +2,7 @@
 finished run or re-carves the validation split, a file the project reads back is validated, and an
 interrupted phase never exits 0.
 
-Real in-process CLI runs (`models.cli.main`, what train.py calls) on tiny data. Each refusal asserts the
+Real in-process CLI runs (`models.run.cli.main`, what train.py calls) on tiny data. Each refusal asserts the
 exit code, the single error line and that no file on disk changed.
 """
 
@@ -187,7 +187,7 @@ def test_sigterm_during_test_is_not_a_success_and_the_test_can_be_rerun(
 def test_two_runs_started_together_get_different_version_folders(tmp_path: Path) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from models.run_folder import claim_version_folder
+    from models.run.folder import claim_version_folder
 
     first, second = (TensorBoardLogger(str(tmp_path), name="exp") for _ in range(2))
     assert first.version == second.version == 0  # both looked before either wrote

@@ -60,7 +60,7 @@ def _val_accuracy(checkpoint: Path, data: Path) -> float:
 def test_two_process_cpu_ddp_matches_single_process(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models.cli import run
+    from models.run.cli import run
 
     ddp_dir = tmp_path / "ddp"
     ddp_dir.mkdir()

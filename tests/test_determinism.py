@@ -50,8 +50,8 @@ def same_image_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(root: Path, workdir: Path, *extra: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """models.cli.run metrics (minus wall time and paths) and the final weights of last.ckpt."""
-    from models.cli import run
+    """models.run.cli.run metrics (minus wall time and paths) and the final weights of last.ckpt."""
+    from models.run.cli import run
 
     metrics = run(cli_args(root, workdir, "--trainer.max_epochs", "2", *RANDOM_REGULARIZERS, *extra))
     (last,) = workdir.rglob("last.ckpt")
@@ -91,7 +91,7 @@ class BatchRecorder(pl.Callback):
 
 def _batches(root: Path, workdir: Path, *extra: str) -> list[list[torch.Tensor]]:
     """Training batches of a 2-epoch fit through CifarCLI (the objects train.py builds)."""
-    from models.cli import CifarCLI
+    from models.run.cli import CifarCLI
 
     cli = CifarCLI(cli_args(root, workdir, "--trainer.max_epochs", "2", "--data.batch_size", "4", *extra))
     recorder = BatchRecorder()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from competition_data import kfold_study, reference_logits
 
-from models.commands import main
+from models.run.commands import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -128,10 +128,10 @@ def test_missing_export_extra_is_one_line(fake_study: Path, tmp_path: Path, monk
 @pytest.mark.slow
 def test_failed_check_keeps_nothing(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture) -> None:
-    import models.export
+    import models.run.export
 
-    real = models.export.reference_logits
-    monkeypatch.setattr(models.export, "reference_logits", lambda member, images: real(member, images) + 1e-2)
+    real = models.run.export.reference_logits
+    monkeypatch.setattr(models.run.export, "reference_logits", lambda member, images: real(member, images) + 1e-2)
     assert main(["export", "--member", str(run), "--format", "torchscript", "--output", str(tmp_path / "m.pt")]) == 1
     err = capsys.readouterr().err
     assert "export check failed" in err and "nothing written" in err

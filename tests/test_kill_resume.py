@@ -120,7 +120,7 @@ def _uninterrupted_then_resumed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, common: list[str], resume_from: str
 ) -> None:
     """Run `common` to the end with checkpoints in a_ckpts, then again from a_ckpts/`resume_from` into b_ckpts."""
-    from models.cli import run
+    from models.run.cli import run
 
     data = make_imagefolder(tmp_path / "data", num_classes=4, train_per_class=8, test_per_class=2)
     monkeypatch.chdir(tmp_path)
@@ -176,7 +176,7 @@ def test_resume_from_mid_epoch_checkpoint_is_bitwise_identical_to_uninterrupted_
 
 CRASHING_SAVE = r"""
 import os, signal, sys, torch
-import models.checkpoint_io as checkpoint_io
+import models.run.checkpoint_io as checkpoint_io
 
 path = sys.argv[1]
 io = checkpoint_io.AtomicCheckpointIO()
@@ -203,7 +203,7 @@ io.save_checkpoint({"state_dict": {"w": torch.ones(50_000)}, "global_step": 2}, 
 
 
 def test_write_killed_half_way_keeps_previous_checkpoint(tmp_path: Path) -> None:
-    from models.checkpoint_io import AtomicCheckpointIO
+    from models.run.checkpoint_io import AtomicCheckpointIO
 
     path = tmp_path / "checkpoints" / "last.ckpt"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -221,8 +221,8 @@ def test_write_killed_half_way_keeps_previous_checkpoint(tmp_path: Path) -> None
 
 
 def test_cli_trainer_writes_checkpoints_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from models.checkpoint_io import AtomicCheckpointIO
-    from models.cli import CifarCLI
+    from models.run.checkpoint_io import AtomicCheckpointIO
+    from models.run.cli import CifarCLI
 
     data = make_imagefolder(tmp_path / "data", num_classes=2, train_per_class=4, test_per_class=1)
     monkeypatch.chdir(tmp_path)

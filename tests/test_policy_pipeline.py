@@ -133,7 +133,7 @@ def test_magnitude_std_is_refused_on_the_workers_loader(tiny_data):
 
 
 def test_variant_overlay_and_command_line_reach_the_datamodule(tmp_path, in_tmp_cwd):
-    from models.cli import CifarCLI
+    from models.run.cli import CifarCLI
 
     base = [
         "--config",

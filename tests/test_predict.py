@@ -12,8 +12,8 @@ import pytest
 import torch
 from competition_data import kfold_study, reference_logits, sample_images, write_pngs
 
-from models.commands import main, submission_table
-from models.predict import run_checkpoint
+from models.run.commands import main, submission_table
+from models.run.predict import run_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -256,7 +256,7 @@ def test_submission_table_formats() -> None:
 
 
 def test_train_py_dispatches_predict_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from models.cli import main as train_main
+    from models.run.cli import main as train_main
 
     out = tmp_path / "taken.csv"
     out.write_text("")
@@ -285,11 +285,11 @@ def test_train_py_predict_subprocess(study, images, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import models.commands
+    import models.run.commands
 
     def interrupted(argv):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models.commands, "predict_command", interrupted)
+    monkeypatch.setattr(models.run.commands, "predict_command", interrupted)
     assert main(["predict", "--members", "m"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C): predict stopped, nothing written"

@@ -1,7 +1,7 @@
 """Runs that cannot continue say why in one line and change nothing; no run folder is ever overwritten;
 `last.ckpt` is the end of every training epoch; a full disk and Ctrl-C lose nothing.
 
-Real in-process CLI runs (`models.cli.main`, what train.py calls) on tiny data; one real `python train.py`
+Real in-process CLI runs (`models.run.cli.main`, what train.py calls) on tiny data; one real `python train.py`
 subprocess for SIGINT. Each refusal asserts the exit code, the single error line and that no file on disk
 changed (names, sizes and modification times of everything under the run folder).
 """
@@ -136,7 +136,7 @@ def test_disk_full_during_a_checkpoint_write_is_one_line_and_keeps_earlier_check
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """ENOSPC injected into the second epoch's writes (the fsync of the new file)."""
-    import models.checkpoint_io as checkpoint_io
+    import models.run.checkpoint_io as checkpoint_io
 
     writes = {"n": 0}
     real_fsync = os.fsync

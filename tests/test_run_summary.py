@@ -10,8 +10,8 @@ import yaml
 from jsonargparse import Namespace
 
 from helpers import main_cli, tiny_args
-from models.run_dir import logs_under_root_dir, tensorboard_command
-from models.run_summary import run_summary
+from models.run.log_dir import logs_under_root_dir, tensorboard_command
+from models.run.summary import run_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # end-to-end runs
 

@@ -50,7 +50,7 @@ def _arg(args: list[str], key: str) -> str:
 
 
 class FakeRun:
-    """Stands in for models.cli.run in Ray trials: deterministic metrics from variant and seed; every call's
+    """Stands in for models.run.cli.run in Ray trials: deterministic metrics from variant and seed; every call's
     args are appended to a file (trials run in Ray worker processes), read back by `calls`."""
 
     def __init__(self, log: Path, fail: set[str] = frozenset()) -> None:
@@ -78,7 +78,7 @@ class FakeRun:
 
 
 class CountingRun:
-    """The real models.cli.run, each call's args appended to a file (to count fits made in Ray workers)."""
+    """The real models.run.cli.run, each call's args appended to a file (to count fits made in Ray workers)."""
 
     def __init__(self, log: Path) -> None:
         self.log = log
@@ -88,7 +88,7 @@ class CountingRun:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
     def __call__(self, args: list[str]) -> dict:
-        from models.cli import run
+        from models.run.cli import run
 
         with self.log.open("a") as f:
             f.write(json.dumps(args) + "\n")

@@ -1,4 +1,4 @@
-"""End to end: `models.cli.run` / `train.py` fit, select on validation, test once, log to TensorBoard.
+"""End to end: `models.run.cli.run` / `train.py` fit, select on validation, test once, log to TensorBoard.
 
 Tiny synthetic ImageFolder data (4 classes, 32x32) and timm `test_resnet` on the CPU; every run writes
 under the test's temporary working directory.

@@ -169,7 +169,7 @@ def test_two_trials_run_at_the_same_time(tmp_path: Path, ray_local) -> None:
 
 @pytest.mark.slow
 def test_trial_equals_standalone_run_bit_for_bit(tiny_data: Path, tmp_path: Path, ray_local) -> None:
-    """Same config and seed: a Ray trial and models.cli.run in this process (as train.py) give the same final
+    """Same config and seed: a Ray trial and models.run.cli.run in this process (as train.py) give the same final
     validation accuracy and the same last.ckpt weights (one torch thread in both)."""
     scales = {"ci": {"configs": [CI_OVERLAY], "trainer.max_epochs": 2}}
     study = load_study(_study(tmp_path, variants=[{"name": "a"}], scales=scales))

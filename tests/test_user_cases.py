@@ -58,7 +58,7 @@ def test_batch_of_one_with_batchnorm_is_refused_naming_the_batch_size(
 
 def test_a_training_split_of_one_image_with_batchnorm_is_refused() -> None:
     from augment.checks import CheckError
-    from models.preflight import check_batch_statistics
+    from models.run.preflight import check_batch_statistics
 
     bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     gn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
@@ -139,7 +139,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_unread(
     assert f"ckpt_path must be a checkpoint that holds only tensors and plain data, got '{crafted}'" in line, line
     assert not flag.exists()
 
-    from models.resume import load_checkpoint_file
+    from models.run.resume import load_checkpoint_file
 
     with pytest.raises(ValueError, match="asks to run code when loaded"):
         load_checkpoint_file(crafted, key="sharpness: best checkpoint")

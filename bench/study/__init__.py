@@ -1,4 +1,4 @@
-"""Study runner: variants x seeds of `models.cli.run`, one CSV row per run, tables and a plot.
+"""Study runner: variants x seeds of `models.run.cli.run`, one CSV row per run, tables and a plot.
 
     python -m bench.study configs/studies/regularizers.yaml --scale short
     python -m bench.study configs/studies/norms.yaml --scale cpu --set data.root=/work/data/cifar10

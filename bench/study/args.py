@@ -1,4 +1,4 @@
-"""One run of a study: its merged overrides, its `models.cli.run` argument list, log directory and CSV key."""
+"""One run of a study: its merged overrides, its `models.run.cli.run` argument list, log directory and CSV key."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def run_dir(out_dir: Path, study: Study, variant: Variant, scale: str, seed: int
 def build_args(
     study: Study, variant: Variant, scale: str, seed: int, log_dir: Path, extra: Mapping[str, Any] | None = None
 ) -> list[str]:
-    """The `models.cli.run` argument list of one run, logging into `log_dir`."""
+    """The `models.run.cli.run` argument list of one run, logging into `log_dir`."""
     overrides = {**merged_overrides(study, variant, scale, extra), **{k: seed for k in variant.seed_keys}}
     args: list[str] = []
     scale_configs = (*study.scales[scale].get("configs", ()), *variant.scales.get(scale, {}).get("configs", ()))

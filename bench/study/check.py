@@ -24,7 +24,7 @@ def check_study(
     others reuse its parser and instantiate the model, data module and callbacks (one parser build,
     so checking a whole study takes seconds). Returns {variant: '' or the one-line error}.
     """
-    from models.cli import CifarCLI
+    from models.run.cli import CifarCLI
 
     study.check_scale(scale)
     problems: dict[str, str] = {}

@@ -35,7 +35,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.study",
-        description="Study runner: variants x seeds of `models.cli.run`, one CSV row per run, tables and a plot.",
+        description="Study runner: variants x seeds of `models.run.cli.run`, one CSV row per run, tables and a plot.",
     )
     p.add_argument("study", help="study YAML (configs/studies/*.yaml)")
     p.add_argument("--out", default="runs/studies", help="output root; the study writes <out>/<name>/")
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(opts)
     except (ValueError, ImportError) as err:
-        from models.cli import one_line
+        from models.run.cli import one_line
 
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -105,7 +105,7 @@ def _metric(metrics: Mapping[str, Any], *names: str) -> float | None:
 
 
 def metric_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The record's metric fields from the metrics `models.cli.run` returns."""
+    """The record's metric fields from the metrics `models.run.cli.run` returns."""
     return {
         "test_acc": _metric(metrics, "test/acc"),
         "val_acc": _metric(metrics, "val/acc_best", "val/acc"),

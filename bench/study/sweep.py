@@ -100,7 +100,7 @@ def sweep_trial(config: Mapping[str, Any], base: Mapping[str, Any], run_fn: RunF
 
 def check_search_keys(plan: SweepPlan) -> None:
     """Each `search` key must be a config key train.py takes: parse the run's arguments with each key set."""
-    from models.cli import CifarCLI
+    from models.run.cli import CifarCLI
 
     args = build_args(plan.study, plan.variant, plan.scale, plan.seed, plan.log_dir("check"), plan.extra)
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), _quiet_lightning():

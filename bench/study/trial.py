@@ -1,7 +1,7 @@
 """One study run as a Ray Tune trial: the function a Ray worker runs, its per-epoch report and its record file.
 
 `study_trial(config)` fits one planned run (`config["run"]`, a spec dict the runner builds) with
-`models.cli.run`, reporting `val_acc` after every validation epoch through `ray.tune.report`
+`models.run.cli.run`, reporting `val_acc` after every validation epoch through `ray.tune.report`
 (`bench.study.tune_report.ReportEpoch`, passed as a `trainer.callbacks` entry of the run's own arguments),
 and ends with one report holding the run's record.
 The record is also written to `<log_dir>/record.json` (atomically) before that report, so a record
@@ -37,7 +37,7 @@ REPORT_CALLBACK = "bench.study.tune_report.ReportEpoch"
 
 def error_line(err: BaseException, stderr_tail: str = "") -> str:
     """`<Type>: <message>` in one line; a SystemExit (jsonargparse printed the parse error) reads stderr's last line."""
-    from models.cli import one_line
+    from models.run.cli import one_line
 
     if isinstance(err, SystemExit):
         lines = [ln.strip() for ln in stderr_tail.strip().splitlines() if ln.strip()]
@@ -144,7 +144,7 @@ def _prepare_folder(log_dir: Path, args: list[str]) -> str | None:
 
 
 def _default_run_fn() -> RunFn:
-    from models.cli import run
+    from models.run.cli import run
 
     return run
 

@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from augment.crop import to_normalized_float
-from models.resume import load_checkpoint_file
+from models.run.resume import load_checkpoint_file
 
 __all__ = ["OOF_FILE", "HeldOutPredictions", "oof_header", "write_oof"]
 

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from augment.checks import check_bool, check_choice, check_int, check_real, field_prefix
-from models.resume import load_checkpoint_file
+from models.run.resume import load_checkpoint_file
 from models.sharpness import HPARAM_METRICS, WEIGHTS, SharpnessResult, measure_sharpness, training_subset
 
 __all__ = ["Sharpness"]
@@ -32,7 +32,7 @@ class Sharpness(pl.Callback):
         `sharpness/settings`;
       - HPARAMS metrics: the scalar tags `sharpness/hessian_max_eig` and `sharpness/eps_sharpness`
         themselves (added to the run's `HparamsWithFinalMetrics` record; no copies under `hp/`);
-      - the `sharpness/*` values in `trainer.callback_metrics`, so `models.cli.run` returns them;
+      - the `sharpness/*` values in `trainer.callback_metrics`, so `models.run.cli.run` returns them;
       - `self.result`, a SharpnessResult.
     """
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from augment.crop import to_normalized_float
-from models.predict import Member
+from models.run.predict import Member
 
 __all__ = [
     "DEFAULT_OPSET",

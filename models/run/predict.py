@@ -4,7 +4,7 @@ members and test-time views.
 - A member is a checkpoint file, a run folder (its selected checkpoint, see `run_checkpoint`) or a folder
   of runs (a k-fold or bagging study: every run folder below it, sorted by path).
 - Every checkpoint is read with ``torch.load(weights_only=True)``: a checkpoint is data, a pickle that asks
-  to run code is refused unread (`models.resume.load_checkpoint_file`).
+  to run code is refused unread (`models.run.resume.load_checkpoint_file`).
 - The evaluated network is the classifier's `eval_model`: the EMA copy when the run used EMA.
 - Inputs are uint8 (N, H, W, 3) at the members' image size, normalized with each member's stored mean/std
   exactly as its validation loader did (`augment.crop.to_normalized_float`).
@@ -28,7 +28,7 @@ from torch import nn
 
 from augment.checks import CheckError
 from augment.crop import to_normalized_float
-from models.resume import load_checkpoint_file
+from models.run.resume import load_checkpoint_file
 
 __all__ = [
     "TTA_VIEWS",

@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from models.callbacks import HparamsWithFinalMetrics, TrainingSpeedMonitor, format_duration, tensorboard_logger
-from models.run_dir import tensorboard_command
+from models.run.log_dir import tensorboard_command
 
 __all__ = ["run_summary", "print_run_summary"]
 
@@ -24,7 +24,7 @@ def _percent(value: Any) -> str:
 
 def run_summary(trainer: pl.Trainer, metrics: Mapping[str, Any]) -> str:
     """Best val accuracy and its epoch, test top-1 / top-5, fit wall time and images/s, the best
-    checkpoint and the TensorBoard command, from `models.cli.run`'s metrics and the trainer's callbacks."""
+    checkpoint and the TensorBoard command, from `models.run.cli.run`'s metrics and the trainer's callbacks."""
     rows: list[tuple[str, str]] = []
     best = metrics.get("val/acc_best")
     if best is not None:

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from augment.checks import CheckError
-from models.predict import TTA_VIEWS, Member
+from models.run.predict import TTA_VIEWS, Member
 
 __all__ = ["COMMANDS", "main", "predict_command", "export_command", "submission_table", "write_csv"]
 
@@ -178,7 +178,7 @@ class _Progress:
 
 def predict_command(argv: Sequence[str]) -> int:
     """`train.py predict ...`: see the module docstring."""
-    from models.predict import load_members, predict_probs, resolve_device
+    from models.run.predict import load_members, predict_probs, resolve_device
 
     args = _predict_parser().parse_args(list(argv))
     output = _check_output(args.output, args.overwrite)
@@ -238,9 +238,9 @@ def _check_images(member: Member, folder: Path | None) -> tuple[np.ndarray, str]
 
 
 def export_command(argv: Sequence[str]) -> int:
-    """`train.py export ...`: see the module docstring and `models.export`."""
-    from models.export import DEFAULT_OPSET, ExportCheckError, _need_onnx, export_member
-    from models.predict import load_member, resolve_members
+    """`train.py export ...`: see the module docstring and `models.run.export`."""
+    from models.run.export import DEFAULT_OPSET, ExportCheckError, _need_onnx, export_member
+    from models.run.predict import load_member, resolve_members
 
     args = _export_parser().parse_args(list(argv))
     output = _check_output(args.output, args.overwrite)
@@ -278,7 +278,7 @@ def export_command(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``argv`` = [command, args...]: exit code 0, 1 (export check failed), 2 (user error), 130 (Ctrl-C)."""
-    from models.cli import USER_ERRORS, _one_line
+    from models.run.cli import USER_ERRORS, _one_line
 
     command, rest = argv[0], list(argv[1:])
     try:

@@ -46,20 +46,20 @@ from models.callbacks.interrupt import CtrlCAtBatchEnd
 from models.callbacks.oof import HeldOutPredictions
 from models.callbacks.sharpness import Sharpness
 from models.callbacks.weight_noise import WeightNoise
-from models.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from models.classifier import CifarClassifier
-from models.preflight import (
+from models.run.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+from models.run.folder import RunFolder, check_run_dir_location, claim_version_folder, set_status
+from models.run.log_dir import logs_under_root_dir
+from models.run.preflight import (
     check_batch_statistics,
     check_config_files,
     check_forward,
     check_meaningful,
     check_settings,
 )
-from models.resume import check_resumable, continue_checkpoint_dir, local_path, read_checkpoint
-from models.run_dir import logs_under_root_dir
-from models.run_folder import RunFolder, check_run_dir_location, claim_version_folder, set_status
-from models.run_summary import print_run_summary
-from models.trainer import CifarTrainer
+from models.run.resume import check_resumable, continue_checkpoint_dir, local_path, read_checkpoint
+from models.run.summary import print_run_summary
+from models.run.trainer import CifarTrainer
 
 __all__ = ["CifarCLI", "LastCheckpoint", "RunCheckpoint", "main", "one_line", "run"]
 
@@ -320,7 +320,7 @@ def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: Any) -> None:
 
 
 def _claim_run_folder(trainer: Any, config: Any, continuing: bool, ckpt_step: int | None) -> RunFolder:
-    """Take this run's folders (see `models.run_folder`): refuse or, with --overwrite, replace an earlier run.
+    """Take this run's folders (see `models.run.folder`): refuse or, with --overwrite, replace an earlier run.
 
     The logger's run folder must lie strictly inside its save_dir; an automatic logger version folder is
     created exclusively, so two runs started together never share one.
@@ -356,7 +356,7 @@ def _destroy_process_group() -> None:
 def run(args: list[str] | dict | None = None, print_summary: bool = False) -> dict[str, Any]:
     """Parse config, fit (resuming from `ckpt_path` if given), test the selected checkpoint; return metrics.
 
-    `print_summary`: end with `models.run_summary.run_summary` on stdout (train.py does).
+    `print_summary`: end with `models.run.summary.run_summary` on stdout (train.py does).
     """
     cli = CifarCLI(args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
@@ -418,7 +418,7 @@ def one_line(err: BaseException) -> str:
     return lines[0]
 
 
-_one_line = one_line  # the name bench.study and models.commands import today
+_one_line = one_line  # the name bench.study and models.run.commands import today
 
 
 def resume_command(argv: list[str], checkpoint: str) -> str:
@@ -452,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of train.py: one-line errors and exit code 2 for user errors, 130 for Ctrl-C; no traceback."""
     torch.set_float32_matmul_precision("high")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("predict", "export"):  # the other commands: plain argparse (models.commands)
-        from models.commands import main as command_main
+    if argv and argv[0] in ("predict", "export"):  # the other commands: plain argparse (models.run.commands)
+        from models.run.commands import main as command_main
 
         return command_main(argv)
     try:

@@ -8,7 +8,7 @@ the destination, truncating it first: a SIGKILL during that copy leaves a partia
 previous good one was, and nothing is fsynced. ``AtomicCheckpointIO`` writes to a temporary file next
 to the target, fsyncs it, ``os.replace``s it over the target (atomic on POSIX and Windows within one
 filesystem) and fsyncs the folder. Remote (non-local) paths keep Lightning's behaviour. Each local file
-written or removed is noted in its run folder's marker (see ``models.run_folder``).
+written or removed is noted in its run folder's marker (see ``models.run.folder``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 
-from models.run_folder import forget_checkpoint, record_checkpoint
+from models.run.folder import forget_checkpoint, record_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save", "TEMP_SUFFIX"]
 
@@ -103,7 +103,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         atomic_torch_save(checkpoint, os.fspath(path))
-        record_checkpoint(path)  # what --overwrite may remove later (models.run_folder)
+        record_checkpoint(path)  # what --overwrite may remove later (models.run.folder)
 
     def remove_checkpoint(self, path: Any) -> None:
         super().remove_checkpoint(path)

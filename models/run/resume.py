@@ -176,7 +176,7 @@ def continue_checkpoint_dir(trainer: Any, ckpt_path: Any, checkpoint: Mapping[st
     """
     if checkpoint is None:
         return False
-    from models.run_folder import is_latest_checkpoint  # run_folder imports nothing of this module's
+    from models.run.folder import is_latest_checkpoint  # run_folder imports nothing of this module's
 
     path = Path(ckpt_path).resolve()
     folder = path.parent
