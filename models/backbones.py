@@ -1,9 +1,11 @@
-"""timm backbones for 32x32 images: CIFAR adaptation, norm swap, dropout and stochastic depth.
+"""timm backbones for the data's image size: CIFAR adaptation, norm swap, dropout and stochastic depth.
 
-``create_model`` builds any timm model offline and adapts it to 32x32 inputs by ``cifar_stem``
-(``models.cifar_adapt``): ``auto`` gives the ResNet family and DenseNet a 3x3 stride-1 stem without
-max-pool, builds patch models (ViT, DeiT, ...) for 32x32 with 4x4 patches, and takes every other CNN
-from total stride 32 to 8 by removing its earliest strides; ``none`` keeps the ImageNet model. A
+``create_model`` builds any timm model offline and adapts it to ``image_size`` inputs (default 32x32) by
+``cifar_stem`` (``models.cifar_adapt``): ``auto`` keeps the final map between 4x4 and 8x8: at 32 px it
+gives the ResNet family and DenseNet a 3x3 stride-1 stem without max-pool and takes every other CNN from
+total stride 32 to 8 by removing its earliest strides (stride 16 from 64 px, unchanged from 128 px), and
+builds patch models (ViT, DeiT, ...) for the image size with about 8x8 patches; ``none`` keeps the
+ImageNet model. A
 replaced stem conv is freshly initialized; a stride change keeps pretrained weights; timm resamples a
 pretrained patch embedding. Models the rule cannot adapt raise a one-line ``ValueError``.
 
@@ -24,9 +26,9 @@ from torch import nn
 from augment.checks import check_choice, check_int, check_real
 from models.cifar_adapt import (
     CIFAR_STEMS,
-    INPUT_SIZE,
     CifarAdaptation,
     adapt_to_cifar,
+    as_image_size,
     plan_cifar_stem,
     resolve_cifar_stem,
 )
@@ -125,8 +127,9 @@ def _build(name: str, pretrained: bool, kwargs: dict[str, Any], label: str, buil
         return _create_timm(name, pretrained, {**kwargs, **build})
     except (TypeError, AssertionError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        h, w = build["img_size"]
         raise ValueError(
-            f"model.cifar_stem={label} cannot build {name!r} for {build['img_size']}x{build['img_size']} inputs "
+            f"model.cifar_stem={label} cannot build {name!r} for {h}x{w} inputs "
             f"with {build['patch_size']}x{build['patch_size']} patches: {first}"
         ) from None
 
@@ -141,9 +144,12 @@ def create_model(
     drop_path_rate: float = 0.0,
     pretrained: bool = False,
     norm_strict: bool = False,
+    image_size: int | tuple[int, int] | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
-    """Build timm model ``name`` with a ``num_classes`` head for (B, 3, 32, 32) -> (B, num_classes) logits.
+    """Build timm model ``name`` with a ``num_classes`` head for (B, 3, H, W) -> (B, num_classes) logits.
+
+    image_size: (H, W) or an int the model is adapted to (default 32x32).
 
     cifar_stem: one of ``CIFAR_STEMS`` (``auto``, ``none``, ``stem3x3``, ``stride4/8/16``, ``patch2/4/8``;
     ``True`` / ``False`` mean ``auto`` / ``none``), see ``models.cifar_adapt``. What was done is
@@ -157,14 +163,15 @@ def create_model(
     timm_kwargs: passed to ``timm.create_model`` (e.g. ``in_chans``, ``pretrained_cfg_overlay``).
     """
     _check_args(num_classes, norm, norm_groups, drop_rate, drop_path_rate)
-    stem, build = plan_cifar_stem(name, cifar_stem)
+    size = as_image_size(image_size)
+    stem, build = plan_cifar_stem(name, cifar_stem, size)
     requested = resolve_cifar_stem(cifar_stem)
     label = requested if requested == stem else f"{requested} ({stem})"
     kwargs = dict(timm_kwargs, num_classes=num_classes, drop_rate=float(drop_rate))
     if drop_path_rate > 0:  # not every timm model takes the argument (DenseNet does not)
         kwargs["drop_path_rate"] = float(drop_path_rate)
     model = _build(name, pretrained, kwargs, label, build)
-    adaptation = adapt_to_cifar(model, name, stem, size=build.get("img_size", INPUT_SIZE), label=label)
+    adaptation = adapt_to_cifar(model, name, stem, size=size, label=label)
     if norm != "batch" and not has_batch_norm(model):
         raise ValueError(
             f"model.norm={norm} needs BatchNorm layers to swap, {name!r} ({type(model).__name__}) has none; "

@@ -1,7 +1,16 @@
-"""Adapt timm models built for 224x224 ImageNet inputs to 32x32 (CIFAR) inputs.
+"""Adapt timm models built for 224x224 ImageNet inputs to the data's image size (32x32 CIFAR and up).
 
 An ImageNet network shrinks its input 32x (final 7x7 map at 224), which leaves a 1x1 map at 32x32 and
-costs many accuracy points on CIFAR. ``cifar_stem`` chooses how to undo that:
+costs many accuracy points on CIFAR. ``cifar_stem`` chooses how to undo that; ``auto`` chooses from the
+image size S (the smaller side) so that the final map stays between 4x4 and 8x8 from 32 to 256 px:
+
+- CNNs: total stride ``auto_stride(S)`` = 2 ** floor(log2(S / 4)), capped at 32: 8 for S in [32, 64),
+  16 for [64, 128), 32 (the model as timm builds it) from 128; final map S / stride (4x4 at 32, 64 and
+  128, 6x6 at 96, 7x7 at 224).
+- patch models: built for the image size with patch side ``auto_patch(S)`` = round(S / 8) (4 at 32, 8 at
+  64, 12 at 96, 16 at 128, 28 at 224): a token grid of about 8x8.
+
+The stems:
 
 - ``stem3x3`` (hand-tuned, ResNet family and DenseNet): the stem conv (7x7/2, or a deep 3-conv stem)
   becomes one freshly initialized 3x3 stride-1 conv with the same output channels, the stem
@@ -12,14 +21,15 @@ costs many accuracy points on CIFAR. ``cifar_stem`` chooses how to undo that:
   stride 1 and a padding that keeps H, W (an even kernel, e.g. ConvNeXt's 4x4 patchify stem, pads
   one pixel more after than before); a parameter-free pool becomes Identity. Parallel branches of one stage
   (a block's strided conv and its strided shortcut) see the same input reduction, so they change
-  together. ``feature_info`` reductions are updated. The result is checked by a forward at 32x32;
+  together. ``feature_info`` reductions are updated. The result is checked by a forward at the image size;
   downsampling that is not a stride (space-to-depth, patch merging, a fixed input size) is refused.
 - ``patch2`` / ``patch4`` / ``patch8`` (models timm builds for a fixed input size: ViT, DeiT,
-  MLP-Mixer, ...): built with ``img_size=32, patch_size=N`` through timm's own kwargs (timm resamples
+  MLP-Mixer, ...): built with ``img_size=(h, w), patch_size=N`` through timm's own kwargs (timm resamples
   pretrained patch and position embeddings). Models that merge tokens after the patch embedding
   (Swin, PiT, ...) are refused.
-- ``auto``: ``stem3x3`` for timm ``ResNet`` and ``DenseNet`` models, ``patch4`` for fixed-input-size
-  models, ``stride8`` for every other CNN. ``none``: the model as timm builds it.
+- ``auto``: for fixed-input-size models ``patch<auto_patch(S)>``; for CNNs at total stride 8 (S in [32, 64))
+  ``stem3x3`` for timm ``ResNet`` and ``DenseNet`` models and ``stride8`` for the others, else
+  ``stride<auto_stride(S)>`` (``stride32`` changes nothing). ``none``: the model as timm builds it.
   ``True`` / ``False`` mean ``auto`` / ``none``.
 """
 
@@ -34,13 +44,42 @@ from torch import nn
 
 from augment.checks import check_choice
 
-__all__ = ["CIFAR_STEMS", "INPUT_SIZE", "CifarAdaptation", "resolve_cifar_stem", "plan_cifar_stem", "adapt_to_cifar"]
+__all__ = [
+    "CIFAR_STEMS",
+    "INPUT_SIZE",
+    "CifarAdaptation",
+    "auto_stride",
+    "auto_patch",
+    "as_image_size",
+    "resolve_cifar_stem",
+    "plan_cifar_stem",
+    "adapt_to_cifar",
+]
 
 INPUT_SIZE = 32
 STRIDE_STEMS = {"stride4": 4, "stride8": 8, "stride16": 16}
 PATCH_STEMS = {"patch2": 2, "patch4": 4, "patch8": 8}
 CIFAR_STEMS = ("auto", "none", "stem3x3", *STRIDE_STEMS, *PATCH_STEMS)
 _PROBE_SIZE = 64  # probe resolution for input reductions: exact powers of two up to 32 at stride 32
+
+
+def as_image_size(size: int | tuple[int, int] | list[int] | None) -> tuple[int, int]:
+    """(h, w) of an int, a pair or None (32x32)."""
+    if size is None:
+        return (INPUT_SIZE, INPUT_SIZE)
+    if isinstance(size, int):
+        return (size, size)
+    return (int(size[0]), int(size[1]))
+
+
+def auto_stride(side: int) -> int:
+    """Total CNN stride for images whose smaller side is ``side``: 2 ** floor(log2(side / 4)) in [1, 32]."""
+    return int(min(32, max(1, 2 ** math.floor(math.log2(max(side, 4) / 4)))))
+
+
+def auto_patch(side: int) -> int:
+    """Patch side for images whose smaller side is ``side``: round(side / 8), at least 1 (about 8x8 tokens)."""
+    return max(1, round(side / 8))
 
 
 @dataclass(frozen=True)
@@ -56,7 +95,7 @@ class CifarAdaptation:
     def __str__(self) -> str:
         if self.stem == "none":
             return "none (the model as timm builds it)"
-        if self.stem in PATCH_STEMS:
+        if self.stem.startswith("patch"):
             return f"{self.stem}: {', '.join(self.changed)} ({self.final_size})"
         what = ", ".join(self.changed) if self.changed else "nothing to change"
         strides = f"total stride {self.stride_before} -> {self.stride_after}"
@@ -81,17 +120,25 @@ def _fixed_input_size(name: str) -> bool:
     return bool(cfg is not None and cfg.fixed_input_size)
 
 
-def plan_cifar_stem(name: str, cifar_stem: Any) -> tuple[str, dict[str, Any]]:
-    """(stem, timm build kwargs) for timm model ``name``: ``auto`` picks ``patch4`` for fixed-input-size models.
+def _patch_of(stem: str) -> int:
+    return PATCH_STEMS.get(stem) or int(stem[len("patch"):])
+
+
+def plan_cifar_stem(
+    name: str, cifar_stem: Any, image_size: int | tuple[int, int] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(stem, timm build kwargs) for timm model ``name`` at ``image_size`` (h, w; default 32x32): ``auto``
+    picks ``patch<auto_patch(S)>`` for fixed-input-size models.
 
     The stem stays ``auto`` for CNNs (resolved by ``adapt_to_cifar`` from the built model's class).
     """
     stem = resolve_cifar_stem(cifar_stem)
+    size = as_image_size(image_size)
     fixed = _fixed_input_size(name)
     if stem == "auto" and fixed:
-        stem = "patch4"
-    if stem in PATCH_STEMS:
-        return stem, {"img_size": INPUT_SIZE, "patch_size": PATCH_STEMS[stem]}
+        stem = f"patch{auto_patch(min(size))}"
+    if stem.startswith("patch"):
+        return stem, {"img_size": size, "patch_size": _patch_of(stem)}
     if fixed and stem != "none":
         raise ValueError(
             f"model.cifar_stem={stem} cannot adapt {name!r}: timm builds it for a fixed input size "
@@ -164,8 +211,10 @@ def _param_like(model: nn.Module) -> dict[str, Any]:
     return {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
 
 
-def _run_features(model: nn.Module, size: int, record: bool = False) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
-    """Features of one zero image of ``size`` x ``size`` (eval, no grad; training mode restored).
+def _run_features(
+    model: nn.Module, size: int | tuple[int, int], record: bool = False
+) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+    """Features of one zero image of ``size`` (int or (h, w); eval, no grad; training mode restored).
 
     record: also return, per module on its first call with 4D input and output, (input H, output H), in
     the order the modules start.
@@ -193,7 +242,7 @@ def _run_features(model: nn.Module, size: int, record: bool = False) -> tuple[to
     model.eval()
     try:
         with torch.no_grad():
-            x = torch.zeros(1, 3, size, size, **_param_like(model))
+            x = torch.zeros(1, 3, *as_image_size(size), **_param_like(model))
             forward = getattr(model, "forward_features", None)
             output = forward(x) if callable(forward) else model(x)
     finally:
@@ -229,11 +278,11 @@ def _reduction(size: int, height: int) -> int:
     return 2 ** round(math.log2(size / max(height, 1)))
 
 
-def _total_stride(output: torch.Tensor, model: nn.Module, size: int) -> int:
+def _total_stride(output: torch.Tensor, model: nn.Module, size: int | tuple[int, int]) -> int:
     hw = _spatial(output, model)
     if hw is None:
         raise _Unadaptable(f"its features are not a (B, C, H, W) map (shape {tuple(output.shape)})")
-    return _reduction(size, hw[0])
+    return _reduction(as_image_size(size)[0], hw[0])
 
 
 def _scale_feature_info(model: nn.Module, factor: int) -> None:
@@ -279,7 +328,14 @@ def _set_stride(model: nn.Module, name: str, module: nn.Module, stride: int) -> 
     if isinstance(module, nn.Conv2d):
         if stride == 1:
             return _stride_one_conv(model, name, module)
+        k, old = module.kernel_size[0], module.stride[0]
+        patchify = module.dilation == (1, 1) and module.padding == ((k - old) // 2,) * 2 and (k - old) % 2 == 0
         module.stride = (stride, stride)
+        if patchify and type(module) is nn.Conv2d and k >= stride and (k - stride) % 2 == 0:  # out = in / stride
+            pad = (k - stride) // 2
+            module.padding = (pad, pad)
+            module._reversed_padding_repeated_twice = [pad] * 4
+            return f"{name} stride {stride} padding {pad}"
     elif stride == 1:
         _replace(model, name, nn.Identity())
         return f"{name} -> Identity"
@@ -319,20 +375,23 @@ def _not_a_stride(model: nn.Module) -> str:
     return ", ".join(found[:2]) or "an operation inside forward"
 
 
-def _adapt_patch(model: nn.Module, stem: str, size: int) -> CifarAdaptation:
-    patch = PATCH_STEMS[stem]
+def _adapt_patch(model: nn.Module, stem: str, size: tuple[int, int]) -> CifarAdaptation:
+    patch = _patch_of(stem)
     output, _ = _run_features(model, size)
-    grid = (size // patch) ** 2
+    grid = (size[0] // patch) * (size[1] // patch)
     hw = _spatial(output, model)
     tokens = hw[0] * hw[1] if hw else output.shape[1] - int(getattr(model, "num_prefix_tokens", 0) or 0)
     if output.dim() not in (3, 4) or tokens != grid:
         raise _Unadaptable(f"it merges tokens after the patch embedding ({grid} patches -> {_describe(output, model)})")
-    return CifarAdaptation(stem, None, patch, (f"img_size={size}", f"patch_size={patch}"), _describe(output, model))
+    shown = size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}"
+    return CifarAdaptation(stem, None, patch, (f"img_size={shown}", f"patch_size={patch}"), _describe(output, model))
 
 
-def _adapt(model: nn.Module, stem: str, size: int) -> CifarAdaptation:
-    if stem in PATCH_STEMS:
+def _adapt(model: nn.Module, stem: str, size: tuple[int, int]) -> CifarAdaptation:
+    if stem.startswith("patch"):
         return _adapt_patch(model, stem, size)
+    if stem == "auto" and auto_stride(min(size)) != 8:
+        stem = f"stride{auto_stride(min(size))}"
     if stem in ("auto", "stem3x3"):
         info = getattr(model, "feature_info", None)
         changes = _hand_tuned_stem(model)
@@ -345,7 +404,7 @@ def _adapt(model: nn.Module, stem: str, size: int) -> CifarAdaptation:
         if stem == "stem3x3":
             raise _Unadaptable("stem3x3 is for timm ResNet and DenseNet models; use stride8")
         stem = "stride8"
-    target = STRIDE_STEMS[stem]
+    target = int(stem[len("stride"):])
     before, changes = _stride_rule(model, target)
     output, _ = _run_features(model, size)
     after = _total_stride(output, model, size)
@@ -355,9 +414,9 @@ def _adapt(model: nn.Module, stem: str, size: int) -> CifarAdaptation:
 
 
 def adapt_to_cifar(
-    model: nn.Module, name: str, stem: str, size: int = INPUT_SIZE, label: str | None = None
+    model: nn.Module, name: str, stem: str, size: int | tuple[int, int] = INPUT_SIZE, label: str | None = None
 ) -> CifarAdaptation:
-    """Adapt ``model`` (timm model ``name``) in place for ``size`` x ``size`` inputs by ``stem``; see module doc.
+    """Adapt ``model`` (timm model ``name``) in place for ``size`` (int or (h, w)) inputs by ``stem``; see module doc.
 
     stem: a value of ``CIFAR_STEMS``; patch stems need the model built with ``plan_cifar_stem``'s kwargs.
     label: how errors name the requested value (default ``stem``). Raises a one-line ValueError naming
@@ -366,11 +425,12 @@ def adapt_to_cifar(
     if stem == "none":
         return CifarAdaptation("none")
     where = f"model.cifar_stem={label or stem} cannot adapt {name!r} ({type(model).__name__})"
+    size = as_image_size(size)
     try:
         return _adapt(model, stem, size)
     except _Unadaptable as err:
         raise ValueError(f"{where}: {err}") from None
     except (RuntimeError, AssertionError) as err:  # a probe forward failed
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        sizes = f"{_PROBE_SIZE}x{_PROBE_SIZE} or {size}x{size}"
+        sizes = f"{_PROBE_SIZE}x{_PROBE_SIZE} or {size[0]}x{size[1]}"
         raise ValueError(f"{where}: its forward fails at {sizes}: {first}") from None
