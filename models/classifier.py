@@ -59,6 +59,7 @@ from augment.pipeline import (
     as_config,
     build_batch_augment,
 )
+from augment.targets import to_soft
 from models.backbones import create_model
 from models.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, param_groups
 from models.sam import SAM, preserve_bn_stats
@@ -136,6 +137,8 @@ class CifarClassifier(pl.LightningModule):
         tta_flip: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        input_size: int | list[int] | tuple[int, int] | None = None,
+        class_weights: str | list[float] | None = None,
     ) -> None:
         super().__init__()
         given = locals()  # the batch-op sections (mixup, cutmix, ...) are read by name, as SECTIONS lists them
@@ -146,6 +149,10 @@ class CifarClassifier(pl.LightningModule):
         check_int("model.num_classes", num_classes, low=2)
         check_real("model.label_smoothing", label_smoothing, 0, 1, high_open=True)
         check_real("model.ema_decay", ema_decay, 0, 1, high_open=True)
+        ok = class_weights is None or class_weights == "auto" or (
+            isinstance(class_weights, (list, tuple)) and len(class_weights) == num_classes
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in class_weights))
+        require(ok, "model.class_weights", f"null, auto or a list of {num_classes} weights > 0", class_weights)
         flags = dict(norm_strict=norm_strict, pretrained=pretrained)
         flags.update(ema_warmup=ema_warmup, tta_flip=tta_flip)
         for name, value in dict(flags, channels_last=channels_last, compile=compile).items():
@@ -177,7 +184,15 @@ class CifarClassifier(pl.LightningModule):
             drop_rate=drop_rate,
             drop_path_rate=drop_path_rate,
             pretrained=pretrained,
+            image_size=input_size,  # linked from data.image_size (h, w); None: 32x32
         )
+        # Class weights of the loss (model.class_weights): auto = inverse training-split frequency, mean 1,
+        # filled in at fit start from the DataModule's train_class_counts().
+        self.class_weights = class_weights
+        if class_weights is not None:
+            auto = class_weights == "auto"
+            init = torch.ones(num_classes) if auto else torch.tensor(class_weights, dtype=torch.float)
+            self.register_buffer("loss_class_weights", init / init.mean())
         adaptation = self.backbone.cifar_adaptation
         rank_zero_info(f"model.cifar_stem={cifar_stem}: {adaptation}")
         for store in (self._hparams, self._hparams_initial):  # the adaptation auto chose, for the record
@@ -262,9 +277,25 @@ class CifarClassifier(pl.LightningModule):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Soft targets (B, K) from the pipeline (smoothing already inside): soft cross-entropy;
-        int labels (B,): cross-entropy with `label_smoothing`."""
+        int labels (B,): cross-entropy with `label_smoothing`. With class weights w (K,) each class term is
+        weighted: mean over the batch of -sum_k w_k t_k log p_k (PyTorch's cross_entropy with probability targets)."""
         smoothing = 0.0 if targets.is_floating_point() else self.label_smoothing
-        return soft_target_cross_entropy(logits, targets, smoothing)
+        if self.class_weights is None:
+            return soft_target_cross_entropy(logits, targets, smoothing)
+        soft = targets if targets.is_floating_point() else to_soft(targets, self.num_classes, smoothing)
+        log_p = F.log_softmax(logits.float(), dim=1)
+        return -(soft.float() * self.loss_class_weights * log_p).sum(1).mean()
+
+    def on_fit_start(self) -> None:
+        """model.class_weights auto: inverse frequency of the training split's labels, normalized to mean 1."""
+        if self.class_weights != "auto":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        require(hasattr(datamodule, "train_class_counts"), "model.class_weights",
+                "null or a list when the data has no train_class_counts()", "auto")
+        counts = torch.as_tensor(datamodule.train_class_counts(), dtype=torch.float).clamp_min(1)
+        weights = 1.0 / counts
+        self.loss_class_weights.copy_(weights / weights.mean())
 
     # ----- steps --------------------------------------------------------------------------------
 

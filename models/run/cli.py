@@ -164,6 +164,7 @@ class CifarCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.image_size", "model.input_size", apply_on="instantiate")
         parser.link_arguments("model.channels_last", "data.channels_last")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -373,14 +374,15 @@ def run(args: list[str] | dict | None = None, print_summary: bool = False) -> di
         check_meaningful(config, model.hparams, datamodule.image_size, datamodule.num_classes)
         check_forward(model.backbone, datamodule.image_size)
         check_batch_statistics(model.backbone, datamodule.batch_size, len(datamodule.train_indices), trainer.world_size)
-        if config.get("run_test", True):
+        if config.get("run_test", True) and getattr(datamodule, "has_test", True):
             datamodule.setup("test")  # a missing or broken test split fails now, not after the whole fit
     continuing = continue_checkpoint_dir(trainer, ckpt_path, checkpoint)
     ckpt_step = int(checkpoint.get("global_step", -1)) if checkpoint is not None else None
     folder = _claim_run_folder(trainer, config, continuing, ckpt_step)
     del checkpoint
     try:
-        metrics = _fit_and_test(trainer, model, datamodule, ckpt_path, bool(config.get("run_test", True)))
+        run_test = bool(config.get("run_test", True)) and getattr(datamodule, "has_test", True)  # csv: no test split
+        metrics = _fit_and_test(trainer, model, datamodule, ckpt_path, run_test)
     except RunInterrupted as err:
         set_status(folder.folders, "interrupted", err.phase)
         raise
