@@ -142,7 +142,9 @@ def resample(x: torch.Tensor, matrix: torch.Tensor, interpolation: str, values: 
             out = torch.where(inside < 0.5, fills, out)
         else:
             out = out.sub_(fills).mul_(inside).add_(fills)
-    if not x.is_floating_point():
+    # Nearest copies input values (integers for uint8) or the fill: rounding is a no-op unless a fill is fractional.
+    integral = interpolation == "nearest" and all(float(v).is_integer() for v in values)
+    if not x.is_floating_point() and not integral:
         out = out.round_()
     return out.to(x.dtype).contiguous(memory_format=memory_format(x))
 

@@ -1,0 +1,37 @@
+"""bench.augment_speed's --check: the flag parses and the threshold logic works on given numbers (nothing is timed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import augment_speed as bench
+
+
+def test_check_flag_is_accepted_and_named_in_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--check" in capsys.readouterr().out
+
+
+def test_check_ratios_flags_only_ratios_past_their_limit():
+    limits = {"TrivialAugmentWide": 1.5, "ours switch per-sample": 1.0}
+    ratios = {"cpu: TrivialAugmentWide": 1.49, "cpu: ours switch per-sample": 1.01, "cpu: not checked": 99.0}
+    assert bench.check_ratios(ratios, limits) == ["cpu: ours switch per-sample: 1.01x exceeds the limit 1.00x"]
+    assert bench.check_ratios({"cuda: TrivialAugmentWide": 1.5}, limits) == []
+
+
+def test_measured_ratios_use_same_run_anchors():
+    policy_rows = {
+        "cpu": {
+            "ours TrivialAugmentWide, per sample": ("TrivialAugmentWide", 6.0, False),
+            "torchvision TrivialAugmentWide, whole batch (one op)": ("TrivialAugmentWide", 2.0, False),
+            "torchvision TrivialAugmentWide, per-image loop": ("TrivialAugmentWide", 60.0, True),
+        }
+    }
+    rows = {"cpu": {"ours switch per-sample": [3.0, 10.0], "timm Mixup batch": [2.0, 20.0]}}
+    ratios = bench.measured_ratios(rows, policy_rows)
+    assert ratios == {"cpu: TrivialAugmentWide": 3.0, "cpu: ours switch per-sample": 1.5}
+    assert bench.check_ratios(ratios) == []
+    failures = bench.check_ratios(ratios, {"TrivialAugmentWide": 2.9})
+    assert failures == ["cpu: TrivialAugmentWide: 3.00x exceeds the limit 2.90x"]
