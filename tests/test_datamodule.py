@@ -60,7 +60,7 @@ def test_properties_available_after_init(tree):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(dataset="mnist"), "data.dataset must be one of cifar10, cifar100, imagefolder, got 'mnist'"),
+        (dict(dataset="mnist"), "data.dataset must be one of cifar10, cifar100, imagefolder, csv, got 'mnist'"),
         (dict(loader="tpu"), "data.loader must be one of auto, device, workers, got 'tpu'"),
         (dict(num_folds=1), "data.num_folds must be 0 \\(off\\) or an int >= 2, got 1"),
         (dict(num_folds=5, fold=5), "data.fold must be an int in \\[0, 5\\)"),

@@ -65,13 +65,16 @@ def test_imagefolder_loads_exact_pixels_labels_and_sorted_classes(tmp_path):
 def test_imagefolder_converts_gray_and_rgba_and_ignores_other_files(tmp_path):
     _write_tree(tmp_path, classes=("a",), per_class=(1,), splits=("train",))
     Image.fromarray(np.full((5, 6), 7, np.uint8), mode="L").save(tmp_path / "train/a/gray.png")
-    Image.fromarray(np.full((5, 6, 4), 9, np.uint8), mode="RGBA").save(tmp_path / "train/a/rgba.png")
+    rgba = np.full((5, 6, 4), 9, np.uint8)
+    rgba[..., 3] = 255  # opaque; alpha 0 hides the colour (composited over black)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "train/a/rgba.png")
     (tmp_path / "train/a/notes.txt").write_text("not an image")
     (tmp_path / "train/a/.hidden.png").write_bytes(b"junk")
     (tmp_path / "train/.hiddenclass").mkdir()
     images, labels, classes = load_dataset("imagefolder", tmp_path, "train", cache_dir=False)
     assert images.shape == (3, 5, 6, 3) and classes == ["a"]
-    assert (images[1] == 7).all() and (images[2] == 9).all()
+    assert (images[1] == 7).all() and (images[2, 1:] == 9).all() and (images[2, 0, 0] == 0).all()
 
 
 def test_cache_written_atomically_and_reused(tmp_path, monkeypatch):
@@ -181,7 +184,7 @@ def test_missing_root_and_bad_names(tmp_path):
         load_dataset("imagefolder", tmp_path / "nowhere", "train")
     with pytest.raises(ValueError, match="data.root has no cifar10 data.*data.download=true"):
         load_dataset("cifar10", tmp_path / "nowhere", "train")
-    with pytest.raises(ValueError, match="data.dataset must be one of cifar10, cifar100, imagefolder, got 'mnist'"):
+    with pytest.raises(ValueError, match="data.dataset must be one of cifar10, cifar100, imagefolder, csv, got 'mnist'"):
         load_dataset("mnist", tmp_path, "train")
     with pytest.raises(ValueError, match="split must be one of train, test"):
         load_dataset("cifar10", tmp_path, "val")
