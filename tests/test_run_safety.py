@@ -211,29 +211,6 @@ def test_sigint_to_train_py_exits_130_with_a_resumable_checkpoint(tiny_data: Pat
     assert _epoch(last) >= 0 and "state_dict" in torch.load(last, map_location="cpu", weights_only=True)
 
 
-def test_ctrl_c_stops_the_study_and_the_rerun_resumes_it(tmp_path: Path) -> None:
-    from bench.study import load_study, run_study
-
-    spec = tmp_path / "toy.yaml"
-    base = REPO / "configs" / "cifar10_resnet18.yaml"
-    spec.write_text(f"name: toy\nbase: [{base}]\nseeds: [0, 1, 2]\nscales: {{ci: {{}}}}\nvariants:\n  - name: a\n")
-    study = load_study(spec)
-    calls: list[list[str]] = []
-
-    def interrupted_at_second(args: list[str]) -> dict:
-        calls.append(args)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return {"test/acc": 0.5, "val/acc_best": 0.5}
-
-    with pytest.raises(KeyboardInterrupt):
-        run_study(study, "ci", tmp_path / "out", run_fn=interrupted_at_second)
-    assert len(calls) == 2  # stopped: the third run never started
-    rows = run_study(study, "ci", tmp_path / "out", run_fn=lambda args: calls.append(args) or {"test/acc": 0.5})
-    assert len(calls) == 4  # the rerun did the interrupted run and the one after it, not the finished one
-    assert sorted(r["seed"] for r in rows if r["status"] == "ok") == ["0", "1", "2"]
-
-
 def test_first_ctrl_c_waits_for_the_batch_end_and_a_second_one_stops_at_once() -> None:
     from models.callbacks import CtrlCAtBatchEnd
 

@@ -232,6 +232,38 @@ def test_grid_expands_variants_with_group(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- runner
 
 
+class InterruptedRun(FakeRun):
+    """Ctrl-C inside the runs of one seed (a KeyboardInterrupt where the fit runs): no result for them."""
+
+    def __init__(self, log: Path, seed: int) -> None:
+        super().__init__(log)
+        self.seed = seed
+
+    def __call__(self, args: list[str]) -> dict:
+        if int(_arg(args, "seed_everything")) == self.seed:
+            with self.log.open("a") as f:
+                f.write(json.dumps(args) + "\n")
+            raise KeyboardInterrupt
+        return super().__call__(args)
+
+
+@pytest.mark.slow
+def test_runs_interrupted_inside_their_trials_are_redone_alone_by_the_rerun(tmp_path: Path, ray_local) -> None:
+    """A KeyboardInterrupt inside a trial's fit (Ray workers get the terminal's Ctrl-C too) gives no ok record:
+    the study records the run as not finished, and the same command redoes only those runs."""
+    study = load_study(_write_study(tmp_path))
+    out = tmp_path / "out"
+    first = run_study(study, "ci", out, run_fn=InterruptedRun(tmp_path / "first.jsonl", seed=1))
+    assert sorted((r["variant"], r["seed"]) for r in first if r["status"] == "ok") == [("a", "0"), ("b", "0")]
+    assert all(r["status"] != "ok" for r in first if r["seed"] == "1")
+    rerun = FakeRun(tmp_path / "second.jsonl")
+    rows = run_study(study, "ci", out, run_fn=rerun)
+    assert sorted(int(_arg(args, "seed_everything")) for args in rerun.calls) == [1, 1]  # finished ones not rerun
+    assert sorted((r["variant"], r["seed"]) for r in rows if r["status"] == "ok") == [
+        ("a", "0"), ("a", "1"), ("b", "0"), ("b", "1")
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_run_study_writes_csv_report_plot_and_resumes(tmp_path: Path, ray_local) -> None:
     study = load_study(_write_study(tmp_path))
