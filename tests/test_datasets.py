@@ -184,7 +184,7 @@ def test_missing_root_and_bad_names(tmp_path):
         load_dataset("imagefolder", tmp_path / "nowhere", "train")
     with pytest.raises(ValueError, match="data.root has no cifar10 data.*data.download=true"):
         load_dataset("cifar10", tmp_path / "nowhere", "train")
-    with pytest.raises(ValueError, match="data.dataset must be one of cifar10, cifar100, imagefolder, csv, got 'mnist'"):
+    with pytest.raises(ValueError, match="data.dataset must be one of cifar10, cifar100, imagefolder, csv, got 'mnist'"):  # noqa: E501
         load_dataset("mnist", tmp_path, "train")
     with pytest.raises(ValueError, match="split must be one of train, test"):
         load_dataset("cifar10", tmp_path, "val")
