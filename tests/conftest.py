@@ -5,6 +5,7 @@
   it writes to `trainer.log_dir` = the cwd when the logger is off and `default_root_dir` is null) never
   land in the repository.
 - `one_torch_thread`: one intra-op thread for a module.
+- `ray_local`: one embedded Ray for a module's trials (test_study, test_tune).
 Helpers that tests import live in `tests/helpers.py`.
 """
 
@@ -40,3 +41,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray for a module's trials (its start-up takes seconds), shut down at the module's end;
+    tests/ is on the workers' path while it starts, so fakes defined in test modules unpickle there."""
+    import os
+
+    from bench.study.engine import EngineOptions, ray_session
+
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parent)
+    try:
+        with ray_session(EngineOptions()) as ray:
+            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
+            yield ray
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)

@@ -95,25 +95,6 @@ class CountingRun:
         return run(args)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One embedded Ray for the module's trials (start-up takes seconds); tests/ on the workers' path, so
-    the fakes above unpickle there; shut down at the end."""
-    import os
-
-    from bench.study.engine import EngineOptions, ray_session
-
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(REPO_ROOT / "tests")
-    try:
-        with ray_session(EngineOptions()) as ray:
-            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
-            yield ray
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-
-
 # ----------------------------------------------------------------------------------------------- loading
 
 

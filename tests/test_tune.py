@@ -52,22 +52,6 @@ class SleepRun:
         return {"val/acc_best": 0.5, "test/acc": 0.5, "epochs": 1}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One embedded Ray (2 CPUs) for the module; tests/ on the workers' path so the fakes unpickle there."""
-    from bench.study.engine import EngineOptions, ray_session
-
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(REPO_ROOT / "tests")
-    try:
-        with ray_session(EngineOptions()) as ray:
-            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
-            yield ray
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
