@@ -163,8 +163,8 @@ def test_trial_equals_standalone_run_bit_for_bit(tiny_data: Path, tmp_path: Path
     trial = json.loads((Path(row["log_dir"]) / "record.json").read_text())
     alone = run_cli(build_args(study, study.variants[0], "ci", 0, tmp_path / "alone" / "toy" / "a" / "ci_seed0", extra))
     assert trial["val_acc"] == alone["val/acc_best"] and trial["epochs"] == alone["epochs"] == 2
-    ours = torch.load(Path(row["log_dir"], "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
-    theirs = torch.load(Path(alone["log_dir"], "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    ours = torch.load(Path(row["log_dir"], "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+    theirs = torch.load(Path(alone["log_dir"], "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ours["state_dict"].keys() == theirs["state_dict"].keys() and ours["global_step"] == theirs["global_step"]
     assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in ours["state_dict"])
 
