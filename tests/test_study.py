@@ -49,21 +49,30 @@ def _arg(args: list[str], key: str) -> str:
     return [args[i + 1] for i, a in enumerate(args) if a == f"--{key}"][-1]
 
 
-class FakeRun:
-    """Stands in for models.run.cli.run in Ray trials: deterministic metrics from variant and seed; every call's
-    args are appended to a file (trials run in Ray worker processes), read back by `calls`."""
+class CallLog:
+    """Every call's args appended to a file (trials run in Ray worker processes), read back by `calls`."""
 
-    def __init__(self, log: Path, fail: set[str] = frozenset()) -> None:
+    def __init__(self, log: Path) -> None:
         self.log = log
-        self.fail = fail
 
     @property
     def calls(self) -> list[list[str]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
-    def __call__(self, args: list[str]) -> dict:
+    def record(self, args: list[str]) -> None:
         with self.log.open("a") as f:
             f.write(json.dumps(args) + "\n")
+
+
+class FakeRun(CallLog):
+    """Stands in for models.run.cli.run in Ray trials: deterministic metrics from variant and seed."""
+
+    def __init__(self, log: Path, fail: set[str] = frozenset()) -> None:
+        super().__init__(log)
+        self.fail = fail
+
+    def __call__(self, args: list[str]) -> dict:
+        self.record(args)
         logger = json.loads(_arg(args, "trainer.logger"))["init_args"]
         variant, seed = logger["name"], int(_arg(args, "seed_everything"))
         if variant in self.fail:
@@ -77,21 +86,13 @@ class FakeRun:
         }  # fmt: skip
 
 
-class CountingRun:
-    """The real models.run.cli.run, each call's args appended to a file (to count fits made in Ray workers)."""
-
-    def __init__(self, log: Path) -> None:
-        self.log = log
-
-    @property
-    def calls(self) -> list[list[str]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+class CountingRun(CallLog):
+    """The real models.run.cli.run, each call logged (to count fits made in Ray workers)."""
 
     def __call__(self, args: list[str]) -> dict:
         from models.run.cli import run
 
-        with self.log.open("a") as f:
-            f.write(json.dumps(args) + "\n")
+        self.record(args)
         return run(args)
 
 
@@ -222,8 +223,7 @@ class InterruptedRun(FakeRun):
 
     def __call__(self, args: list[str]) -> dict:
         if int(_arg(args, "seed_everything")) == self.seed:
-            with self.log.open("a") as f:
-                f.write(json.dumps(args) + "\n")
+            self.record(args)
             raise KeyboardInterrupt
         return super().__call__(args)
 
@@ -306,8 +306,7 @@ class SweepRun(FakeRun):
     """Validation accuracy by learning rate (0.01: 0.3, 0.1: 0.7, 1.0: 0.5) plus 0.01 x seed."""
 
     def __call__(self, args: list[str]) -> dict:
-        with self.log.open("a") as f:
-            f.write(json.dumps(args) + "\n")
+        self.record(args)
         lr = float(_arg(args, "model.optimizer.lr"))
         seed = int(_arg(args, "seed_everything"))
         return {"val/acc_best": {0.01: 0.3, 0.1: 0.7, 1.0: 0.5}[lr] + 0.01 * seed, "epochs": 1, "fit_time_s": 1.0}
