@@ -9,6 +9,11 @@ the ratio to resnet18 measured in the same run, and whether the BatchNorm swap (
 
     python -m bench.backbone_table               # the whole table (minutes on a 2-core CPU)
     python -m bench.backbone_table --models vit_tiny_patch16_224 --repeats 1  # + the resnet18 anchor
+    python -m bench.backbone_table --sizes 32 64 96 128 224   # SIZE_MODELS at other image sizes
+
+``--sizes`` prints one row per model and size instead (``create_model(name, 10, image_size=S)``): the
+adaptation chosen, parameters, MACs and final map at that size, and forward+backward ms of a batch of
+``--batch`` (default 8 in this mode), timed in interleaved rounds per size.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbones import create_model, has_batch_norm
 
-__all__ = ["FAMILIES", "ANCHOR", "norm_swap_note", "macs", "final_size", "train_step", "interleaved_ms", "main"]
+__all__ = ["FAMILIES", "SIZE_MODELS", "ANCHOR", "norm_swap_note", "macs", "final_size", "train_step", "interleaved_ms", "main"]
 
 ANCHOR = "resnet18"
 
@@ -54,6 +59,12 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("ConvNeXt", "convnext_atto", "stride8"),
     ("ViT", "vit_tiny_patch16_224", "patch4"),
     ("DeiT", "deit_tiny_patch16_224", "patch4"),
+)
+
+# one model of each of seven families for the image-size table (``--sizes``)
+SIZE_MODELS: tuple[str, ...] = (
+    "resnet18", "densenet121", "efficientnet_b0", "mobilenetv3_small_100", "regnetx_002", "convnext_atto",
+    "vit_tiny_patch16_224",
 )
 
 
@@ -121,21 +132,52 @@ def interleaved_ms(steps: dict[str, Callable[[], None]], repeats: int) -> dict[s
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
+def size_table(names: list[str], sizes: list[int], batch: int, repeats: int) -> None:
+    """Print the image-size table: one row per model and size."""
+    print(
+        f"CPU forward+backward, batch {batch} x 3xSxS, median of {repeats} interleaved rounds (per size) after "
+        f"1 warmup round; torch {torch.__version__}, torch threads: {torch.get_num_threads()}, "
+        f"CPUs: {os.cpu_count()}, {platform.processor() or platform.machine()}\n"
+    )
+    print(f"| model | size | cifar_stem auto | params (M) | MACs (M) | final map | fwd+bwd ms (batch {batch}) |")
+    print("|---|---:|---|---:|---:|---|---:|")
+    rows: dict[tuple[str, int], str] = {}
+    for size in sizes:
+        models = {name: create_model(name, 10, image_size=size) for name in names}
+        ms = interleaved_ms({name: train_step(model, batch, size) for name, model in models.items()}, repeats)
+        for name, model in models.items():
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            rows[name, size] = (
+                f"| `{name}` | {size} | {model.cifar_adaptation.stem} | {params:.2f} | "
+                f"{macs(model, size) / 1e6:,.0f} | {final_size(model, size)} | {ms[name]:,.0f} |"
+            )
+    for name in names:
+        for size in sizes:
+            print(rows[name, size])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="a subset of the table's model names (the anchor always runs)")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--sizes", nargs="*", type=int, help="image sizes: the image-size table of SIZE_MODELS")
+    parser.add_argument("--batch", type=int, help="batch size (default 32, or 8 with --sizes)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: spinning threads on a shared CPU distort the ratios)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.sizes:
+        if min(args.sizes) < 32:
+            parser.error(f"--sizes must be at least 32, got {min(args.sizes)}")
+        size_table(list(args.models or SIZE_MODELS), args.sizes, args.batch or 8, args.repeats)
+        return
+    args.batch = args.batch or 32
     rows = [row for row in FAMILIES if not args.models or row[1] in args.models or row[1] == ANCHOR]
     unknown = sorted(set(args.models or ()) - {name for _, name, _ in FAMILIES})
     if unknown:
         parser.error(f"--models must be names from the table, got {', '.join(unknown)}")
-    torch.manual_seed(0)
     print(
         f"CPU forward+backward, batch {args.batch} x 3x32x32, median of {args.repeats} interleaved rounds after "
         f"1 warmup round; torch {torch.__version__}, torch threads: {torch.get_num_threads()}, "

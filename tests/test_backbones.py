@@ -358,3 +358,34 @@ def test_pretrained_url_source_is_refused_not_downloaded(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"needs local weights for 'resnet18'.*_DownloadBlocked"):
         create_model("resnet18", 10, pretrained=True, pretrained_cfg_overlay=overlay)
     assert not list(tmp_path.rglob("*.pth"))
+
+
+def test_size_table_rows_follow_the_size_rule(capsys):
+    from bench.backbone_table import main
+
+    main(["--sizes", "32", "64", "128", "--models", "resnet18", "--batch", "2", "--repeats", "1"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [(r[1].strip(), r[2].strip(), r[5].strip()) for r in rows] == [
+        ("32", "stem3x3", "4x4"), ("64", "stride16", "4x4"), ("128", "stride32", "4x4")
+    ]
+    assert all(float(r[6].replace(",", "")) > 0 for r in rows)
+
+
+def test_size_table_refuses_sizes_below_32():
+    from bench.backbone_table import main
+
+    with pytest.raises(SystemExit):
+        main(["--sizes", "16"])
+
+
+def test_docs_size_table_covers_six_families_at_every_size():
+    from pathlib import Path
+
+    from bench.backbone_table import SIZE_MODELS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "backbones.md").read_text()
+    section = text.split("## Other image sizes")[1].split("\n## ")[0]
+    rows = {(line.split("|")[1].strip().strip("`"), line.split("|")[2].strip()) for line in section.splitlines()
+            if line.startswith("| `")}
+    assert len(SIZE_MODELS) >= 6
+    assert rows == {(name, str(size)) for name in SIZE_MODELS for size in (32, 64, 96, 128, 224)}
