@@ -110,7 +110,7 @@ class Mixup(MixupCutMix):
         index = torch.arange(batch, device=draw.boxes.device)
         first = torch.minimum(index, batch - 1 - index)  # the pair's first sample gives its draw
         boxes, pixel_lam, target_lam = (t.index_select(0, first) for t in draw[:3])
-        return SampleDraw(boxes, pixel_lam, target_lam, draw.perm)
+        return SampleDraw(boxes, pixel_lam, target_lam, draw.perm, draw.rolled)
 
 
 def _images_and_labels(inputs: tuple[Any, ...], name: str) -> tuple[torch.Tensor, torch.Tensor]:

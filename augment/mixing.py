@@ -47,6 +47,7 @@ __all__ = [
     "box_indicators",
     "box_weight",
     "gather_rows",
+    "lerp_partners",
     "mix_targets",
     "pair_permutation",
     "to_device",
@@ -135,21 +136,21 @@ def pair_permutation(
 
 
 def mixup_batch(
-    x: torch.Tensor, y_soft: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor
+    x: torch.Tensor, y_soft: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor, rolled: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup ``x: (B, C, H, W)`` with ``x[perm]``: ``lam * x + (1 - lam) * x[perm]``, and the targets.
 
     ``lam``: a float (whole batch) or ``(B,)`` (per sample). The pixel weight is rounded to ``x``'s
-    dtype and the targets use that rounded weight, so targets match the pixels exactly.
+    dtype and the targets use that rounded weight, so targets match the pixels exactly. ``rolled``:
+    ``perm`` is the roll pairing (see :func:`lerp_partners`).
     """
-    out = gather_rows(x, perm)  # the only full-size allocation; then blend in place
     if isinstance(lam, torch.Tensor):
         weight = to_device(lam, x.device).to(x.dtype)
-        out.lerp_(x, weight.view(-1, 1, 1, 1))
+        out = lerp_partners(x, perm, weight.view(-1, 1, 1, 1), rolled)
         target_lam: float | torch.Tensor = weight.to(torch.float64)
     else:
         target_lam = torch.tensor(lam, dtype=x.dtype).item()
-        out.lerp_(x, target_lam)
+        out = lerp_partners(x, perm, target_lam, rolled)
     return out, mix_targets(y_soft, target_lam, perm)
 
 
@@ -170,7 +171,7 @@ def cutmix_batch(
         boxes = to_device(box, x.device)
         if lam is None:
             lam = 1.0 - box_area(boxes).to(torch.float64) / (height * width)
-        return _blend(x, y_soft, boxes, torch.ones(x.shape[0], device=x.device), lam, perm)
+        return _blend(x, y_soft, boxes, torch.ones(x.shape[0], device=x.device), lam, perm, False)
     y0, y1, x0, x1 = (int(v) for v in box)
     out = x.clone()  # keeps the memory format; only the box is copied from the partners
     out[:, :, y0:y1, x0:x1] = x[:, :, y0:y1, x0:x1].index_select(0, perm)
@@ -183,24 +184,28 @@ class BatchDraw(NamedTuple):
     """One draw for a whole batch: ``mixed`` False leaves the batch as it is; ``box`` None means Mixup.
 
     ``lam``: Beta draw (Mixup's image weight; CutMix's target weight when ``correct_lam`` is off);
-    ``perm``: partner index ``(B,)`` on ``x``'s device.
+    ``perm``: partner index ``(B,)`` on ``x``'s device; ``rolled``: ``perm`` is the roll pairing (i - 1),
+    so partners are read as shifted slices instead of gathered.
     """
 
     mixed: bool
     lam: float
     box: Box | None
     perm: torch.Tensor
+    rolled: bool = False
 
 
 class SampleDraw(NamedTuple):
     """One draw per sample: ``boxes (B, 4)`` long pasted from the partner (empty on Mixup and unmixed rows),
-    ``pixel_lam (B,)`` the weight of ``x`` outside the box, ``target_lam (B,)`` the weight of ``y``, ``perm (B,)``.
+    ``pixel_lam (B,)`` the weight of ``x`` outside the box, ``target_lam (B,)`` the weight of ``y``, ``perm (B,)``;
+    ``rolled``: ``perm`` is the roll pairing (i - 1).
     """
 
     boxes: torch.Tensor
     pixel_lam: torch.Tensor
     target_lam: torch.Tensor
     perm: torch.Tensor
+    rolled: bool = False
 
 
 class MixupCutMix:
@@ -302,11 +307,11 @@ class MixupCutMix:
             # One small copy to x's device for all per-sample parameters.
             params = torch.cat([draw.boxes.to(torch.float64), draw.pixel_lam[:, None], draw.target_lam[:, None]], 1)
             params = to_device(params.float(), x.device)
-            return _blend(x, y_soft, params[:, :4], params[:, 4], params[:, 5], draw.perm)
+            return _blend(x, y_soft, params[:, :4], params[:, 4], params[:, 5], draw.perm, draw.rolled)
         if not draw.mixed:
             return x, y_soft
         if draw.box is None:
-            return mixup_batch(x, y_soft, draw.lam, draw.perm)
+            return mixup_batch(x, y_soft, draw.lam, draw.perm, draw.rolled)
         exact = self.correct_lam or self.cutmix_minmax is not None
         return cutmix_batch(x, y_soft, draw.box, draw.perm, None if exact else draw.lam)
 
@@ -341,7 +346,8 @@ class MixupCutMix:
         box = self._draw_boxes(lam_t, 1, height, width, where)[0].tolist()
         perm = pair_permutation(batch, self.pairing, gen, device)
         lam = float(lam_t)
-        return BatchDraw(apply_draw < self.prob and lam != 1.0, lam, tuple(box) if use_cutmix else None, perm)
+        mixed = apply_draw < self.prob and lam != 1.0
+        return BatchDraw(mixed, lam, tuple(box) if use_cutmix else None, perm, self.pairing == "roll")
 
     def _sample_per_batch_as_tensors(
         self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype
@@ -393,7 +399,7 @@ class MixupCutMix:
         kept = 1.0 - box_area(boxes).to(torch.float64) / (height * width)
         exact = self.correct_lam or self.cutmix_minmax is not None
         target_lam = torch.where(cut_rows, kept if exact else lam, pixel_lam)
-        return SampleDraw(boxes, pixel_lam, target_lam, perm)
+        return SampleDraw(boxes, pixel_lam, target_lam, perm, self.pairing == "roll")
 
 
 def gather_rows(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -403,6 +409,26 @@ def gather_rows(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, perm)
 
 
+def lerp_partners(
+    x: torch.Tensor, perm: torch.Tensor, weight: float | torch.Tensor, rolled: bool = False
+) -> torch.Tensor:
+    """``lerp(x[perm], x, weight)`` as a new tensor in ``x``'s memory format (``weight`` broadcasts to ``x``).
+
+    ``rolled``: ``perm`` is the roll pairing (partner i - 1); then the partners are the shifted slices
+    ``x[:-1]`` and ``x[-1:]``, and one pass over the batch writes the output (no gathered copy).
+    Otherwise the partners are gathered into the output, which is then blended in place.
+    """
+    if not rolled or x.shape[0] < 2:
+        out = gather_rows(x, perm)
+        return out.lerp_(x, weight)
+    out = torch.empty_like(x)
+    per_row = isinstance(weight, torch.Tensor) and weight.dim() == 4 and weight.shape[0] > 1
+    head, tail = (weight[:1], weight[1:]) if per_row else (weight, weight)
+    torch.lerp(x[:-1], x[1:], tail, out=out[1:])
+    torch.lerp(x[-1:], x[:1], head, out=out[:1])
+    return out
+
+
 def _blend(
     x: torch.Tensor,
     y_soft: torch.Tensor,
@@ -410,16 +436,15 @@ def _blend(
     pixel_lam: torch.Tensor,
     target_lam: float | torch.Tensor,
     perm: torch.Tensor,
+    rolled: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass ``lerp(x[perm], x, w)`` with ``w = 0`` inside ``boxes (B, 4)`` and ``pixel_lam (B,)`` outside.
 
-    Memory traffic is what costs here: one full-size allocation (the output, filled by the gather)
-    and one ``(B, 1, H, W)`` weight built by a single broadcast op; the blend runs in place.
+    Memory traffic is what costs here: one full-size allocation (the output) and one ``(B, 1, H, W)``
+    weight built by a single broadcast op (see :func:`lerp_partners`).
     """
     weight = box_weight(boxes, pixel_lam, x.shape[-2], x.shape[-1], x.dtype)  # before the output: fewer page faults
-    out = gather_rows(x, perm)
-    out.lerp_(x, weight)
-    return out, mix_targets(y_soft, target_lam, perm)
+    return lerp_partners(x, perm, weight, rolled), mix_targets(y_soft, target_lam, perm)
 
 
 def box_weight(boxes: torch.Tensor, outside: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:

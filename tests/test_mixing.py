@@ -286,3 +286,34 @@ def test_box_geometry_matches_timm_rand_bbox():
         assert boxes.tolist() == [[int(v) for v in box] for box in expected]
         python_boxes = [cutmix_box(lam, int(cy_), int(cx_), height, width) for lam, (cy_, cx_) in zip(lams, centers)]
         assert [list(box) for box in python_boxes] == boxes.tolist()
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("weight_shape", ["per_pixel", "per_row", "number"])
+def test_rolled_partners_equal_the_gathered_ones(batch, layout, weight_shape):
+    from augment.mixing import lerp_partners
+
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, 3, 8, 8, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = {"per_pixel": torch.rand(batch, 1, 8, 8, generator=gen).round(),  # CutMix-like 0/1 weights
+              "per_row": torch.rand(batch, 1, 1, 1, generator=gen), "number": 0.3}[weight_shape]
+    perm = pair_permutation(batch, "roll")
+    rolled, gathered = lerp_partners(x, perm, weight, rolled=True), lerp_partners(x, perm, weight)
+    reference = torch.lerp(x.double()[perm], x.double(), torch.as_tensor(weight, dtype=torch.float64))
+    assert rolled.stride() == gathered.stride()
+    if layout == "channels_last":
+        assert rolled.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(rolled, gathered, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rolled.double(), reference, rtol=0, atol=1e-6)
+    if weight_shape == "per_pixel":  # 0/1 weights copy pixels: exact on every CPU
+        assert torch.equal(rolled, gathered)
+
+
+def test_roll_pairing_draws_are_marked_rolled_and_others_are_not():
+    for per_sample in (False, True):
+        for pairing, rolled in (("roll", True), ("flip", False), ("random", False)):
+            op = MixupCutMix(1.0, 1.0, per_sample=per_sample, num_classes=4, pairing=pairing)
+            assert op.sample(6, 8, 8, torch.device("cpu")).rolled is rolled
