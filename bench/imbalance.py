@@ -1,11 +1,12 @@
 """Class imbalance on CIFAR-10: five classes cut to 10% of their images, balanced test accuracy with and
 without ``model.class_weights: auto`` at the same budget.
 
-    python -m bench.imbalance --cifar10 /tmp/c10 --out /tmp/imbalance [--per-class 2000 --epochs 4]
+    python -m bench.imbalance --cifar10 /tmp/c10 --out /tmp/imbalance [--per-class 1000 --epochs 10]
 
 Builds a csv dataset (PNG files + train.csv) from the CIFAR-10 train split: ``per_class`` images of classes
 5-9 and ``per_class // 10`` of classes 0-4 (seeded), trains the same run twice through ``models.run.cli``
-(class weights off, then auto) and prints the balanced accuracy (mean per-class recall) on the full
+(class weights off, then auto; both keep the checkpoint of the best validation balanced accuracy,
+``val/bal_acc``) and prints the balanced accuracy (mean per-class recall) on the full
 CIFAR-10 test split, plus the mean recall of the cut and the kept classes.
 """
 
@@ -69,8 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar10", type=Path, required=True, help="torchvision CIFAR-10 folder (cifar_export.py)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/imbalance"))
-    parser.add_argument("--per-class", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--backbone", default="resnet10t")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -88,7 +89,7 @@ def main() -> None:
              "--model.backbone", args.backbone, "--model.optimizer.lr", "0.1", "--model.label_smoothing", "0.1",
              "--model.class_weights", weights, "--data.dataset", "csv", "--data.root", str(root),
              "--data.train_csv", "train.csv", "--data.val_size", "0.1", "--data.batch_size", "128",
-             "--data.loader", "device", "--overwrite", "true"])
+             "--data.loader", "device", "--checkpoint.monitor", "val/bal_acc", "--overwrite", "true"])
         seconds = time.perf_counter() - start
         ckpt = next((args.out / f"runs-{weights}").rglob("best*.ckpt"))
         recall = balanced_accuracy(ckpt, test_images, test_labels, list(classes))

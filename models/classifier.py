@@ -96,12 +96,14 @@ def _plain(value: Any) -> Any:
 
 
 def _accuracy_metrics(num_classes: int) -> MetricCollection:
-    """top-1 `acc` and top-min(5, K) `acc5`, micro-averaged, no per-update validation (no host sync)."""
+    """top-1 `acc` and top-min(5, K) `acc5`, micro-averaged, and `bal_acc` (balanced accuracy: the mean of
+    the per-class recalls of the classes present), no per-update validation (no host sync)."""
     return MetricCollection(
         compute_groups=False,  # top-1 / top-5 states can match on a first batch; never merge them
         metrics={
             "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False),
             "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False),
+            "bal_acc": MulticlassAccuracy(num_classes, top_k=1, average="macro", validate_args=False),
         }
     )
 

@@ -172,7 +172,7 @@ CASES = [
     ("test_label_out_of_range", "unknown_test_class", [], "class_7", "not a class of the train split"),
     # Trainer and callback keys the CLI passes through: checked before fit (principle 1)
     ("monitor_unknown_metric", "good", ["--early_stopping.monitor", "val/accuracy"], "early_stopping.monitor",
-     "one of val/acc, val/acc5, val/loss, train/acc, train/acc5, train/loss"),
+     "one of val/acc, val/acc5, val/bal_acc, val/loss, train/acc, train/acc5, train/bal_acc, train/loss"),
     ("checkpoint_monitor_unknown", "good", ["--checkpoint.monitor", "val_acc"], "checkpoint.monitor", "one of val/acc"),
     ("early_stopping_mode_unknown", "good", ["--early_stopping.mode", "maximum"], "early_stopping.mode",
      "one of min, max"),

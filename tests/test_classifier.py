@@ -306,10 +306,11 @@ def test_metrics_logged_for_train_val_test():
     fit_trainer = trainer(max_epochs=1, limit_val_batches=None)
     fit_trainer.fit(model, loader(), loader())
     logged = set(fit_trainer.callback_metrics)
-    expected = {f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", "acc", "acc5")}
+    expected = {f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", "acc", "acc5", "bal_acc")}
     assert expected <= logged
     (test,) = fit_trainer.test(model, loader(), verbose=False)
-    assert set(test) == {"test/loss", "test/acc", "test/acc5"}
+    assert set(test) == {"test/loss", "test/acc", "test/acc5", "test/bal_acc"}
+    assert 0.0 <= test["test/bal_acc"] <= 1.0
     assert 0.0 <= test["test/acc"] <= test["test/acc5"] <= 1.0
     assert torch.equal(model.test_confmat.compute().sum(), torch.tensor(64))
 

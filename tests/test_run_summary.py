@@ -38,7 +38,7 @@ def test_default_root_dir_holds_the_whole_run_and_main_prints_a_summary(tiny_dat
     fields = dict(re.fullmatch(r"  (\S.*?)\s{2,}(.*)", line).groups() for line in summary[1:6])
     epoch = int(re.search(r"epoch(\d+)", best.name).group(1))
     assert re.fullmatch(rf"\d+\.\d\d% at epoch {epoch}", fields["best val acc"])
-    assert re.fullmatch(r"top-1 \d+\.\d\d%, top-5 \d+\.\d\d%", fields["test acc"])
+    assert re.fullmatch(r"top-1 \d+\.\d\d%, top-5 \d+\.\d\d%, balanced \d+\.\d\d%", fields["test acc"])
     assert re.fullmatch(r"\d+\.\d s for 2 epochs, [\d,]+ train images/s", fields["fit"])
     assert fields["best checkpoint"] == str(best)
     assert fields["TensorBoard"] == f"tensorboard --logdir {log_dir}"
@@ -81,3 +81,12 @@ def test_summary_names_both_sharpness_measures_when_measured():
     trainer = SimpleNamespace(callbacks=[], checkpoint_callback=None, loggers=[])
     metrics = {"fit_time_s": 5.0, "epochs": 1, "sharpness/hessian_max_eig": 196.94, "sharpness/eps_sharpness": 2.5}
     assert "  sharpness     Hessian max eig 196.9, eps-sharpness 2.5%" in run_summary(trainer, metrics).splitlines()
+
+
+def test_summary_names_the_checkpoint_monitor_when_it_is_not_val_acc():
+    trainer = SimpleNamespace(callbacks=[], checkpoint_callback=None, loggers=[])
+    metrics = {"fit_time_s": 5.0, "epochs": 1, "monitor": "val/bal_acc", "val/bal_acc_best": 0.41234,
+               "test/acc": 0.5, "test/acc5": 0.9, "test/bal_acc": 0.25}
+    lines = run_summary(trainer, metrics).splitlines()
+    assert lines[1] == "  best val/bal_acc  0.4123 (the checkpoint's monitor)"
+    assert lines[2] == "  test acc          top-1 50.00%, top-5 90.00%, balanced 25.00%"

@@ -51,6 +51,13 @@ def top2(logits, y):
     return (logits.topk(2, dim=1).indices == y[:, None]).any(1).float().mean()
 
 
+def balanced(logits, y):
+    """Mean recall of the classes present in ``y``."""
+    hit = (logits.argmax(1) == y).float()
+    classes = y.unique()
+    return torch.stack([hit[y == c].mean() for c in classes]).mean()
+
+
 class ScheduledClassifier(TinyClassifier):
     """Two parameter groups sharing lr = LR0 * (1 - step / 12), stepped every batch; epoch-level train/acc.
 
@@ -67,15 +74,18 @@ class ScheduledClassifier(TinyClassifier):
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)  # as the project's module
         self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
         self.log("train/acc5", top2(logits, y), on_step=False, on_epoch=True)
+        self.log("train/bal_acc", balanced(logits, y), on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         super().validation_step(batch, batch_idx)
         self.log("val/acc5", top2(self(batch[0]), batch[1]))
+        self.log("val/bal_acc", balanced(self(batch[0]), batch[1]))
 
     def test_step(self, batch, batch_idx):
         super().test_step(batch, batch_idx)
         self.log("test/acc5", top2(self(batch[0]), batch[1]))
+        self.log("test/bal_acc", balanced(self(batch[0]), batch[1]))
 
     def configure_optimizers(self):
         groups = [{"params": [self.head.weight], "name": "decay", "weight_decay": 1e-4},

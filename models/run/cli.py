@@ -246,11 +246,13 @@ def _scalar_metrics(trainer: Any) -> dict[str, float]:
 def _final_metrics(
     trainer: Any, fit_metrics: dict[str, float], test_results: list[dict], fit_time_s: float
 ) -> dict[str, Any]:
-    """Last train/val epoch metrics (kept from before `trainer.test`, which resets them), val/acc_best, test."""
+    """Last train/val epoch metrics (kept from before `trainer.test`, which resets them), the best value of the
+    checkpoint's monitor as ``<monitor>_best`` (``val/acc_best`` by default) and ``monitor``, test."""
     metrics: dict[str, Any] = dict(fit_metrics)
     ckpt = trainer.checkpoint_callback
-    if ckpt is not None and ckpt.best_model_score is not None:
-        metrics["val/acc_best"] = float(ckpt.best_model_score)
+    if ckpt is not None and ckpt.monitor and ckpt.best_model_score is not None:
+        metrics["monitor"] = ckpt.monitor
+        metrics[f"{ckpt.monitor}_best"] = float(ckpt.best_model_score)
     for result in test_results:
         metrics.update({k: float(v) for k, v in result.items()})
     metrics["epochs"] = trainer.current_epoch

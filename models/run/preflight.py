@@ -27,7 +27,9 @@ __all__ = [
 ]
 
 # What CifarClassifier logs at epoch level (the names a ModelCheckpoint / EarlyStopping may monitor).
-LOGGED_METRICS = ("val/acc", "val/acc5", "val/loss", "train/acc", "train/acc5", "train/loss")
+LOGGED_METRICS = (
+    "val/acc", "val/acc5", "val/bal_acc", "val/loss", "train/acc", "train/acc5", "train/bal_acc", "train/loss",
+)
 
 
 def _literal_values(hint: Any) -> tuple[Any, ...]:

@@ -23,20 +23,25 @@ def _percent(value: Any) -> str:
 
 
 def run_summary(trainer: pl.Trainer, metrics: Mapping[str, Any]) -> str:
-    """Best val accuracy and its epoch, test top-1 / top-5, fit wall time and images/s, the best
+    """Best val accuracy and its epoch, test top-1 / top-5 / balanced, fit wall time and images/s, the best
     checkpoint and the TensorBoard command, from `models.run.cli.run`'s metrics and the trainer's callbacks."""
     rows: list[tuple[str, str]] = []
-    best = metrics.get("val/acc_best")
-    if best is not None:
+    monitor = metrics.get("monitor", "val/acc")
+    best = metrics.get(f"{monitor}_best")
+    if best is not None and monitor == "val/acc":
         hparams = _callback(trainer, HparamsWithFinalMetrics)
         epoch = getattr(hparams, "best_val_epoch", -1)
         rows.append(("best val acc", _percent(best) + (f" at epoch {epoch}" if epoch >= 0 else "")))
+    elif best is not None:
+        rows.append((f"best {monitor}", f"{best:.4f} (the checkpoint's monitor)"))
     else:
         rows.append(("best val acc", "no validation split (the last epoch is tested)"))
     if "test/acc" in metrics:
         test = f"top-1 {_percent(metrics['test/acc'])}"
         if "test/acc5" in metrics:
             test += f", top-5 {_percent(metrics['test/acc5'])}"
+        if "test/bal_acc" in metrics:
+            test += f", balanced {_percent(metrics['test/bal_acc'])}"
         rows.append(("test acc", test))
     else:
         rows.append(("test acc", "not run (run_test false)"))
