@@ -293,3 +293,21 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     monkeypatch.setattr(models.run.commands, "predict_command", interrupted)
     assert main(["predict", "--members", "m"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C): predict stopped, nothing written"
+
+
+@pytest.mark.slow
+def test_chunked_decoding_gives_the_same_probabilities(study, images, tmp_path: Path) -> None:
+    folder, _, _ = images
+    outs = []
+    for chunk in ("3", "8192"):
+        out = tmp_path / f"chunk{chunk}.csv"
+        assert main(["predict", "--members", str(study.runs[0]), "--images", str(folder), "--output", str(out),
+                     "--format", "probs", "--chunk-size", chunk, "--batch-size", "2"]) == 0
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 9  # header + 8 images
+
+
+def test_chunk_size_below_one_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", "--members", str(tmp_path), "--images", str(tmp_path), "--output",
+                 str(tmp_path / "x.csv"), "--chunk-size", "0"]) == 2
+    assert "--chunk-size must be an int >= 1, got 0" in _one_line_error(capsys)

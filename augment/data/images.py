@@ -42,6 +42,7 @@ __all__ = [
     "class_list",
     "label_indices",
     "load_unlabelled",
+    "unlabelled_files",
     "checkpoint_data_info",
 ]
 
@@ -311,12 +312,21 @@ def load_unlabelled(
 ) -> UnlabelledImages:
     """Images to predict: every image file of ``root`` (sorted names; ids = file stems), or the ids of
     ``ids_csv`` in its row order (their files in ``root``; ``table`` keeps the CSV's rows and columns)."""
+    ids, files, rows = unlabelled_files(root, ids_csv, id_column)
+    return UnlabelledImages(ids, read_images(files, image_size), rows)
+
+
+def unlabelled_files(
+    root: str | os.PathLike, ids_csv: str | os.PathLike | None = None, id_column: str = "id"
+) -> tuple[list[str], list[Path], list[dict[str, str]] | None]:
+    """(ids, their files, the CSV rows or None) of :func:`load_unlabelled`, nothing decoded; a missing file
+    is a one-line error here."""
     if ids_csv is None:
         files = image_files(root)
-        return UnlabelledImages([p.stem for p in files], read_images(files, image_size), None)
+        return [p.stem for p in files], files, None
     rows = read_csv(ids_csv, [("id_column", id_column)])
     ids = [str(r[id_column] or "").strip() for r in rows]
-    return UnlabelledImages(ids, read_images(find_images(root, ids), image_size), rows)
+    return ids, find_images(root, ids), rows
 
 
 def checkpoint_data_info(

@@ -59,6 +59,8 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="label", choices=FORMATS,
                    help="label: the class name; probs: one probability column per class (default: label)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--chunk-size", type=int, default=8192,
+                   help="images decoded into memory at a time (default: 8192); only the probabilities of all stay")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     return p
@@ -178,45 +180,58 @@ class _Progress:
 
 def predict_command(argv: Sequence[str]) -> int:
     """`train.py predict ...`: see the module docstring."""
-    from models.run.predict import load_members, predict_probs, resolve_device
+    from models.run.predict import load_members, resolve_device
 
     args = _predict_parser().parse_args(list(argv))
     output = _check_output(args.output, args.overwrite)
     images_dir = _check_folder(args.images, "--images")
     if args.ids is not None and not Path(args.ids).expanduser().is_file():
         raise CheckError("--ids", "an existing CSV file", args.ids)
-    if args.batch_size < 1:
-        raise CheckError("--batch-size", "an int >= 1", args.batch_size)
+    for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
+        if value < 1:
+            raise CheckError(flag, "an int >= 1", value)
     device = resolve_device(args.device)
     start = time.perf_counter()
     members = load_members(args.members)
-    data = _unlabelled(images_dir, args.ids, args.id_column, members[0].image_size)
-    progress = _Progress(len(data.ids) * len(members))
-    try:
-        probs = predict_probs(members, data.images, args.tta, args.batch_size, device, progress)
-    finally:
-        progress.close()
-    header, rows = submission_table(data.ids, probs, members[0].class_names, args.format, data.table,
+    ids, files, table = _unlabelled(images_dir, args.ids, args.id_column)
+    probs = _predict_in_chunks(members, files, args, device)
+    header, rows = submission_table(ids, probs, members[0].class_names, args.format, table,
                                     args.id_column, args.label_column)
     write_csv(output, header, rows)
     seconds = time.perf_counter() - start
     views = TTA_VIEWS[args.tta]
-    print(f"predicted {len(data.ids)} images x {len(members)} member{'s' * (len(members) != 1)} x {views} "
+    print(f"predicted {len(ids)} images x {len(members)} member{'s' * (len(members) != 1)} x {views} "
           f"view{'s' * (views != 1)} ({args.tta}) on {device.type} in {seconds:.1f} s -> {output} ({args.format})")
     return 0
 
 
-def _unlabelled(images_dir: Path, ids: str | None, id_column: str, image_size: tuple[int, int]) -> Any:
-    from augment.data.images import load_unlabelled
+def _predict_in_chunks(members: Sequence[Member], files: Sequence[Path], args: Any, device: Any) -> np.ndarray:
+    """Decode ``--chunk-size`` images at a time (resized to the members' size) and predict them."""
+    from augment.data.images import read_images
+    from models.run.predict import predict_probs
+
+    probs = np.empty((len(files), len(members[0].class_names)), dtype=np.float32)
+    progress = _Progress(len(files) * len(members))
+    try:
+        for lo in range(0, len(files), args.chunk_size):
+            images = read_images(files[lo:lo + args.chunk_size], members[0].image_size)
+            probs[lo:lo + len(images)] = predict_probs(members, images, args.tta, args.batch_size, device, progress)
+    finally:
+        progress.close()
+    return probs
+
+
+def _unlabelled(images_dir: Path, ids: str | None, id_column: str) -> tuple[list[str], list[Path], Any]:
+    from augment.data.images import unlabelled_files
 
     try:
-        data = load_unlabelled(images_dir, ids_csv=ids, id_column=id_column, image_size=image_size)
+        found = unlabelled_files(images_dir, ids_csv=ids, id_column=id_column)
     except CheckError as err:
         raise (err.with_field("--id-column") if err.field == "id_column" else err) from None
-    if len(data.ids) == 0:
+    if len(found[0]) == 0:
         field = "--images" if ids is None else "--ids"
         raise CheckError(field, "a source of at least one image", str(ids or images_dir))
-    return data
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------------
