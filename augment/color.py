@@ -263,10 +263,15 @@ def _equalize(x: torch.Tensor, unused: torch.Tensor | None = None) -> torch.Tens
     img = _to_uint8(x) if x.is_floating_point() else x
     b, c, h, w = img.shape
     planes = b * c
-    flat = img.reshape(planes, h * w).long()
-    bins = (flat + torch.arange(planes, device=x.device).mul_(256).unsqueeze(1)).flatten()
-    # A scatter into a fixed size (unlike bincount, which reads its input's max on the host: a device sync).
-    hist = torch.zeros(planes * 256, dtype=torch.int64, device=x.device).scatter_add_(0, bins, torch.ones_like(bins))
+    # Every pixel's bin in one (planes * 256) histogram, plane * 256 + value; int32 halves the traffic of int64.
+    index_dtype = torch.int32 if planes * 256 < 2**31 else torch.int64
+    offsets = torch.arange(0, planes * 256, 256, dtype=index_dtype, device=x.device).unsqueeze(1)
+    bins = img.reshape(planes, h * w).to(index_dtype).add_(offsets).view(-1)
+    if bins.device.type == "cpu" and not torch.compiler.is_compiling():
+        hist = torch.bincount(bins, minlength=planes * 256)  # reads the max, free on the host
+    else:  # a scatter into a fixed size: bincount would read the max of device data (a sync)
+        ones = torch.ones(1, dtype=torch.int64, device=x.device).expand(bins.numel())
+        hist = torch.zeros(planes * 256, dtype=torch.int64, device=x.device).scatter_add_(0, bins.long(), ones)
     hist = hist.view(planes, 256)
     cum = hist.cumsum(1)
     # Pixels outside the brightest occupied level: that level is the last one where the cumulative count grows.

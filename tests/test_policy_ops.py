@@ -176,6 +176,12 @@ def test_equalize_matches_pillow_on_every_channel():
             assert torch.equal(out[i, ch], torch.from_numpy(np.array(expected)))
 
 
+def test_equalize_device_path_counts_as_the_host_path(monkeypatch):
+    host = color.equalize(IMAGES)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the scatter that devices and compile take
+    assert torch.equal(color.equalize(IMAGES), host)
+
+
 @pytest.mark.parametrize("name", OPS)
 def test_ops_keep_input_dtype_layout_and_leave_input_untouched(name):
     for dtype in (torch.uint8, torch.float32):
