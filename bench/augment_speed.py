@@ -5,16 +5,19 @@ synchronized) for B=512 x 3x32x32 and B=128 x 3x224x224, with ratios against tim
 
 Policies (TrivialAugmentWide, RandAugment, AutoAugment CIFAR-10) on one uint8 batch 512 x 3x32x32: ours
 per sample on the device, torchvision's per-image loop (what a DataLoader worker does for a batch),
-torchvision's call on the whole batch tensor (one op and magnitude for all 512 images) and kornia's
-batch version when kornia is installed (an optional anchor); ratios against torchvision's loop.
+torchvision's call on the whole batch tensor (one op and magnitude for all 512 images; its median time is
+that of the median op, since each call draws one), torchvision's per-op floor (every sample's op at the
+speed of torchvision's whole-batch call of that op: the share of samples drawing each op times that call's
+time, summed; the cost of one op per image with no grouping) and kornia's batch version when kornia is
+installed (an optional anchor); ratios against torchvision's loop.
 
     python -m bench.augment_speed --device cpu --repeats 50
     python -m bench.augment_speed --device cpu --suite policies --threads 1
     python -m bench.augment_speed --device cpu --threads 1 --check   # exit 1 past the CHECK_LIMITS ratios
 
 ``--check`` compares ratios measured in the same run (so a slower or busier machine moves both sides):
-each policy per sample against torchvision's whole-batch call of that policy (one op for all images, a
-floor), and the per-sample Mixup/CutMix switch against timm's per-batch Mixup at B=512 3x32x32. It is a
+each policy per sample against torchvision's whole-batch call of that policy (one op for all images) and
+against the per-op floor, and the per-sample Mixup/CutMix switch against timm's per-batch Mixup at B=512 3x32x32. It is a
 manual regression check; the tests never time anything.
 """
 
@@ -38,6 +41,10 @@ __all__ = [
     "main",
     "time_ms",
     "policy_candidates",
+    "policy_pairs",
+    "op_shares",
+    "op_floor_ms",
+    "FLOOR",
     "bench_policies",
     "policy_table",
     "CHECK_LIMITS",
@@ -46,6 +53,8 @@ __all__ = [
 ]
 
 SHAPES = ((512, 3, 32, 32), (128, 3, 224, 224))
+FLOOR = "each sample's op at whole-batch speed"
+"""The policy anchor of :func:`op_floor_ms` (a method name of the policy table)."""
 NUM_CLASSES = 100
 POLICY_SHAPE = (512, 3, 32, 32)
 
@@ -53,10 +62,14 @@ CHECK_LIMITS = {
     "TrivialAugmentWide": 4.0,
     "RandAugment (2 ops, M=9)": 4.0,
     "AutoAugment CIFAR-10": 4.0,
+    "TrivialAugmentWide / per-op floor": 2.0,
+    "RandAugment (2 ops, M=9) / per-op floor": 2.0,
+    "AutoAugment CIFAR-10 / per-op floor": 2.0,
     "ours switch per-sample": 2.0,
 }
 """``--check`` limits: a policy's per-sample time / torchvision's whole-batch time of that policy, and the
-per-sample switch's time / timm's per-batch Mixup (B=512 3x32x32), same run. Measured on an Intel Xeon
+per-sample switch's time / timm's per-batch Mixup (B=512 3x32x32), same run; ``/ per-op floor``: a policy's
+per-sample time / :func:`op_floor_ms` (every sample's op at torchvision's whole-batch speed). Measured on an Intel Xeon
 (2 cores, torch 2.14, 2026-12-02): policies 1.1-1.8x at 1 thread and 1.0-2.9x at 2 threads (torchvision's
 whole-batch op is a random one per call, hence the spread), switch 1.2-1.5x; the limits leave room for that."""
 
@@ -100,21 +113,50 @@ def candidates(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], objec
     return fns
 
 
-def policy_candidates(x: torch.Tensor) -> dict[str, tuple[str, Callable[[], object], bool]]:
-    """Name -> (policy, zero-arg callable doing one uint8 batch ``x``, is a per-image loop) for each policy."""
+def policy_pairs(gen: torch.Generator | None = None) -> dict[str, tuple[object, object]]:
+    """Policy -> (ours, torchvision's ``transforms.v2`` class with the same settings)."""
     from torchvision.transforms import v2
 
+    return {
+        "TrivialAugmentWide": (TrivialAugmentWide(generator=gen), v2.TrivialAugmentWide()),
+        "RandAugment (2 ops, M=9)": (RandAugment(num_ops=2, magnitude=9, generator=gen),
+                                     v2.RandAugment(num_ops=2, magnitude=9)),
+        "AutoAugment CIFAR-10": (AutoAugment(generator=gen), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)),
+    }
+
+
+def op_shares(policy: object, height: int, width: int, draws: int = 8192) -> dict[tuple[int, str], tuple[float, float]]:
+    """(step, op name) -> (share of samples drawing it at that step, one magnitude they drew), from
+    ``draws`` samples of ``policy.sample`` (steps a sub-policy skips are Identity)."""
+    from augment.policy_ops import OPS
+
+    shares = {}
+    for step, (ops, mags) in enumerate(policy.sample(draws, height, width, generator=torch.Generator().manual_seed(1))):
+        for index in ops.unique().tolist():
+            picked = ops == index
+            shares[step, OPS[index]] = (float(picked.double().mean()), float(mags[picked][0]))
+    return shares
+
+
+def op_floor_ms(policy: object, tv: object, x: torch.Tensor, repeats: int) -> float:
+    """ms per batch if every sample's op ran at the speed of torchvision's whole-batch call of that op:
+    the sum over steps and ops of (share of samples drawing it) x (torchvision's call of that op, with a
+    magnitude drawn for it, on all of ``x``). The floor of "one op per image" at torchvision's kernel speed."""
+    total = 0.0
+    for (_, name), (share, magnitude) in op_shares(policy, x.shape[2], x.shape[3]).items():
+        def call(name: str = name, magnitude: float = magnitude) -> object:
+            return tv._apply_image_or_video_transform(x, name, magnitude, interpolation=tv.interpolation,
+                                                      fill=tv._fill)
+        total += share * time_ms(call, x.device, repeats)
+    return total
+
+
+def policy_candidates(x: torch.Tensor) -> dict[str, tuple[str, Callable[[], object], bool]]:
+    """Name -> (policy, zero-arg callable doing one uint8 batch ``x``, is a per-image loop) for each policy."""
     gen = torch.Generator(device=x.device).manual_seed(0)
-    ours = {
-        "TrivialAugmentWide": TrivialAugmentWide(generator=gen),
-        "RandAugment (2 ops, M=9)": RandAugment(num_ops=2, magnitude=9, generator=gen),
-        "AutoAugment CIFAR-10": AutoAugment(generator=gen),
-    }
-    theirs = {
-        "TrivialAugmentWide": v2.TrivialAugmentWide(),
-        "RandAugment (2 ops, M=9)": v2.RandAugment(num_ops=2, magnitude=9),
-        "AutoAugment CIFAR-10": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-    }
+    pairs = policy_pairs(gen)
+    ours = {policy: pair[0] for policy, pair in pairs.items()}
+    theirs = {policy: pair[1] for policy, pair in pairs.items()}
     fns: dict[str, tuple[str, Callable[[], object], bool]] = {}
     for policy, op in ours.items():
         tv = theirs[policy]
@@ -143,6 +185,8 @@ def bench_policies(device: torch.device, repeats: int, loop_repeats: int) -> dic
     for name, (policy, fn, loop) in policy_candidates(x).items():
         n = loop_repeats if loop else repeats
         results[name] = (policy, time_ms(fn, device, n, warmup=1 if loop else 5), loop)
+    for policy, (ours, tv) in policy_pairs().items():
+        results[f"torchvision {policy}, {FLOOR}"] = (policy, op_floor_ms(ours, tv, x, repeats), False)
     return results
 
 
@@ -207,8 +251,11 @@ def measured_ratios(
     ratios = {}
     for device, results in policy_rows.items():
         for policy in CHECK_LIMITS:
-            ours = results.get(f"ours {policy}, per sample")
-            floor = results.get(f"torchvision {policy}, whole batch (one op)")
+            name, anchor = policy.removesuffix(" / per-op floor"), "whole batch (one op)"
+            if name != policy:
+                anchor = FLOOR
+            ours = results.get(f"ours {name}, per sample")
+            floor = results.get(f"torchvision {name}, {anchor}")
             if ours and floor:
                 ratios[f"{device}: {policy}"] = ours[1] / floor[1]
     for device, results in rows.items():

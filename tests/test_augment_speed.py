@@ -35,3 +35,27 @@ def test_measured_ratios_use_same_run_anchors():
     assert bench.check_ratios(ratios) == []
     failures = bench.check_ratios(ratios, {"TrivialAugmentWide": 2.9})
     assert failures == ["cpu: TrivialAugmentWide: 3.00x exceeds the limit 2.90x"]
+
+
+def test_per_op_floor_ratio_uses_the_floor_row():
+    policy_rows = {"cpu": {
+        "ours AutoAugment CIFAR-10, per sample": ("AutoAugment CIFAR-10", 6.0, False),
+        "torchvision AutoAugment CIFAR-10, whole batch (one op)": ("AutoAugment CIFAR-10", 2.0, False),
+        f"torchvision AutoAugment CIFAR-10, {bench.FLOOR}": ("AutoAugment CIFAR-10", 5.0, False),
+    }}
+    ratios = bench.measured_ratios({}, policy_rows)
+    assert ratios == {"cpu: AutoAugment CIFAR-10": 3.0, "cpu: AutoAugment CIFAR-10 / per-op floor": 1.2}
+
+
+def test_op_shares_are_the_policy_draw_frequencies():
+    from augment.policies import AutoAugment, TrivialAugmentWide
+
+    shares = bench.op_shares(TrivialAugmentWide(), 32, 32, draws=14_000)
+    assert len(shares) == 14 and {step for step, _ in shares} == {0}
+    assert abs(sum(share for share, _ in shares.values()) - 1.0) < 1e-9
+    assert all(abs(share - 1 / 14) < 0.01 for share, _ in shares.values())
+    auto = bench.op_shares(AutoAugment(), 32, 32, draws=4000)
+    assert {step for step, _ in auto} == {0, 1}
+    for step in (0, 1):
+        assert abs(sum(share for (s, _), (share, _) in auto.items() if s == step) - 1.0) < 1e-9
+    assert auto[0, "Identity"][0] > 0.3  # sub-policy steps skipped with probability 1 - p
