@@ -16,8 +16,8 @@ installed (an optional anchor); ratios against torchvision's loop.
     python -m bench.augment_speed --device cpu --threads 1 --check   # exit 1 past the CHECK_LIMITS ratios
 
 ``--check`` compares ratios measured in the same run (so a slower or busier machine moves both sides):
-each policy per sample against torchvision's whole-batch call of that policy (one op for all images) and
-against the per-op floor, and the per-sample Mixup/CutMix switch against timm's per-batch Mixup at B=512 3x32x32. It is a
+each policy per sample against the per-op floor (its ratio to torchvision's whole-batch call is printed too),
+and the per-sample Mixup/CutMix switch against timm's per-batch Mixup at B=512 3x32x32. It is a
 manual regression check; the tests never time anything.
 """
 
@@ -58,20 +58,19 @@ FLOOR = "each sample's op at whole-batch speed"
 NUM_CLASSES = 100
 POLICY_SHAPE = (512, 3, 32, 32)
 
+POLICIES = ("TrivialAugmentWide", "RandAugment (2 ops, M=9)", "AutoAugment CIFAR-10")
+
 CHECK_LIMITS = {
-    "TrivialAugmentWide": 4.0,
-    "RandAugment (2 ops, M=9)": 4.0,
-    "AutoAugment CIFAR-10": 4.0,
     "TrivialAugmentWide / per-op floor": 2.0,
     "RandAugment (2 ops, M=9) / per-op floor": 2.0,
     "AutoAugment CIFAR-10 / per-op floor": 2.0,
     "ours switch per-sample": 2.0,
 }
-"""``--check`` limits: a policy's per-sample time / torchvision's whole-batch time of that policy, and the
-per-sample switch's time / timm's per-batch Mixup (B=512 3x32x32), same run; ``/ per-op floor``: a policy's
-per-sample time / :func:`op_floor_ms` (every sample's op at torchvision's whole-batch speed). Measured on an Intel Xeon
-(2 cores, torch 2.14, 2026-12-02): policies 1.1-1.8x at 1 thread and 1.0-2.9x at 2 threads (torchvision's
-whole-batch op is a random one per call, hence the spread), switch 1.2-1.5x; the limits leave room for that."""
+"""``--check`` limits, same-run ratios: a policy's per-sample time / :func:`op_floor_ms` (every sample's op at
+torchvision's whole-batch speed), and the per-sample switch's time / timm's per-batch Mixup (B=512 3x32x32).
+The ratio to torchvision's whole-batch call (``<policy>`` alone) is printed, not checked: that call draws one
+op, so its median is the median op's time and moves with the draws. Measured on an Intel Xeon (2 cores,
+torch 2.14, 2026-12-02): per-op floor 1.01-1.08x at 1 thread, 1.44-1.65x at 2 threads; switch 0.99-1.24x."""
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 5) -> float:
@@ -250,14 +249,12 @@ def measured_ratios(
     """``device: name`` -> the ratio :data:`CHECK_LIMITS` bounds, for what the run measured."""
     ratios = {}
     for device, results in policy_rows.items():
-        for policy in CHECK_LIMITS:
-            name, anchor = policy.removesuffix(" / per-op floor"), "whole batch (one op)"
-            if name != policy:
-                anchor = FLOOR
-            ours = results.get(f"ours {name}, per sample")
-            floor = results.get(f"torchvision {name}, {anchor}")
-            if ours and floor:
-                ratios[f"{device}: {policy}"] = ours[1] / floor[1]
+        for policy in POLICIES:
+            ours = results.get(f"ours {policy}, per sample")
+            for key, anchor in ((policy, "whole batch (one op)"), (f"{policy} / per-op floor", FLOOR)):
+                floor = results.get(f"torchvision {policy}, {anchor}")
+                if ours and floor:
+                    ratios[f"{device}: {key}"] = ours[1] / floor[1]
     for device, results in rows.items():
         if "ours switch per-sample" in results and "timm Mixup batch" in results:
             switch, timm = results["ours switch per-sample"][0], results["timm Mixup batch"][0]
@@ -286,8 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="exit 1 when a same-run ratio is past its limit: ours per sample / torchvision's whole-batch "
-        f"call of that policy, ours per-sample switch / timm Mixup batch (B=512 3x32x32); limits: {limits}",
+        help="exit 1 when a same-run ratio is past its limit: ours per sample / torchvision's per-op floor "
+        f"of that policy, ours per-sample switch / timm Mixup batch (B=512 3x32x32); limits: {limits}",
     )
     args = parser.parse_args(argv)
     if args.threads:
@@ -314,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         ratios = measured_ratios(rows, policy_rows)
         print()
         for key, ratio in ratios.items():
-            print(f"check {key}: {ratio:.2f}x (limit {CHECK_LIMITS[key.split(': ', 1)[-1]]:g}x)")
+            limit = CHECK_LIMITS.get(key.split(": ", 1)[-1])
+            print(f"check {key}: {ratio:.2f}x ({'not checked' if limit is None else f'limit {limit:g}x'})")
         failures = check_ratios(ratios)
         for line in failures:
             print(f"FAIL {line}", file=sys.stderr)

@@ -31,7 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbones import create_model, has_batch_norm
 
-__all__ = ["FAMILIES", "SIZE_MODELS", "ANCHOR", "norm_swap_note", "macs", "final_size", "train_step", "interleaved_ms", "main"]
+__all__ = [
+    "FAMILIES", "SIZE_MODELS", "ANCHOR", "norm_swap_note", "macs", "final_size", "train_step", "interleaved_ms",
+    "size_table", "main",
+]
 
 ANCHOR = "resnet18"
 

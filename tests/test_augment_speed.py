@@ -32,7 +32,7 @@ def test_measured_ratios_use_same_run_anchors():
     rows = {"cpu": {"ours switch per-sample": [3.0, 10.0], "timm Mixup batch": [2.0, 20.0]}}
     ratios = bench.measured_ratios(rows, policy_rows)
     assert ratios == {"cpu: TrivialAugmentWide": 3.0, "cpu: ours switch per-sample": 1.5}
-    assert bench.check_ratios(ratios) == []
+    assert bench.check_ratios(ratios) == []  # the one-op ratio is printed, not checked
     failures = bench.check_ratios(ratios, {"TrivialAugmentWide": 2.9})
     assert failures == ["cpu: TrivialAugmentWide: 3.00x exceeds the limit 2.90x"]
 
