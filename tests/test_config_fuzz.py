@@ -79,8 +79,9 @@ def test_schema_is_read_from_the_cli(fuzz_space: dict[str, Any]) -> None:
 
 
 def test_wrong_values_train_or_exit_2_with_one_line_naming_a_key(
-    fuzz_space: dict[str, Any], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fuzz_space: dict[str, Any], tiny_data: Path, in_tmp_cwd: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    tmp_path = in_tmp_cwd  # relative paths a case sets (checkpoint.dirpath: x) land here, not in the checkout
     rng = random.Random(SEED)
     keys = sorted(fuzz_space)
     outcomes = {"trained": 0, "refused": 0}
