@@ -19,7 +19,7 @@ device sync with a CUDA one.
 
 Per-sample mode does the whole batch in one fused pass: a pixel weight ``w: (B, 1, H, W)`` holds
 lambda on Mixup rows and 0 inside / 1 outside the box on CutMix rows, and the output is
-``lerp(x[perm], x, w)``.
+``lerp(x[perm], x, w)``; with the roll pairing ``x[perm]`` is read in place as the shifted rows (no copy).
 """
 
 from __future__ import annotations
