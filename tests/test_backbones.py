@@ -360,6 +360,7 @@ def test_pretrained_url_source_is_refused_not_downloaded(monkeypatch, tmp_path):
     assert not list(tmp_path.rglob("*.pth"))
 
 
+@pytest.mark.slow
 def test_size_table_rows_follow_the_size_rule(capsys):
     from bench.backbone_table import main
 
