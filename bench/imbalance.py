@@ -13,12 +13,10 @@ CIFAR-10 test split, plus the mean recall of the cut and the kept classes.
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from augment.data import load_dataset
 from augment.data.datasets import CIFAR10_CLASSES
@@ -45,24 +43,13 @@ def build(cifar10: Path, out: Path, per_class: int, seed: int) -> Path:
 
 
 def balanced_accuracy(ckpt_path: Path, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> np.ndarray:
-    """Per-class recall (10,) of a checkpoint's evaluated network on uint8 (N, H, W, 3) images."""
-    from models.classifier import CifarClassifier
+    """Per-class recall (10,) of a checkpoint's evaluated network (as ``train.py predict`` loads it) on uint8
+    (N, H, W, 3) images with CIFAR-10 labels ``labels`` (class names ``classes`` in label order)."""
+    from models.run.predict import load_member, predict_probs
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    names = set(inspect.signature(CifarClassifier.__init__).parameters)
-    model = CifarClassifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in names})
-    model.load_state_dict(ckpt["state_dict"])
-    facts = ckpt["CIFARDataModule"]
-    order = [facts["class_names"].index(c) for c in classes]  # sorted names -> CIFAR label order
-    mean = torch.tensor(facts["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(facts["std"]).view(1, 3, 1, 1)
-    net = model.eval_model.eval()
-    preds = []
-    with torch.no_grad():
-        for start in range(0, len(images), 500):
-            x = torch.from_numpy(images[start:start + 500]).permute(0, 3, 1, 2).float() / 255
-            preds.append(net((x - mean) / std)[:, order].argmax(1).numpy())
-    pred = np.concatenate(preds)
+    member = load_member(ckpt_path)
+    order = [member.class_names.index(c) for c in classes]  # sorted names -> CIFAR label order
+    pred = predict_probs([member], images, batch_size=500)[:, order].argmax(1)
     return np.array([(pred[labels == c] == c).mean() for c in range(10)])
 
 
