@@ -59,13 +59,10 @@ NUM_CLASSES = 100
 POLICY_SHAPE = (512, 3, 32, 32)
 
 POLICIES = ("TrivialAugmentWide", "RandAugment (2 ops, M=9)", "AutoAugment CIFAR-10")
+PER_OP = " / per-op floor"
+"""Suffix of a policy's ratio to :func:`op_floor_ms` in :func:`measured_ratios`."""
 
-CHECK_LIMITS = {
-    "TrivialAugmentWide / per-op floor": 2.0,
-    "RandAugment (2 ops, M=9) / per-op floor": 2.0,
-    "AutoAugment CIFAR-10 / per-op floor": 2.0,
-    "ours switch per-sample": 2.0,
-}
+CHECK_LIMITS = {**{f"{policy}{PER_OP}": 2.0 for policy in POLICIES}, "ours switch per-sample": 2.0}
 """``--check`` limits, same-run ratios: a policy's per-sample time / :func:`op_floor_ms` (every sample's op at
 torchvision's whole-batch speed), and the per-sample switch's time / timm's per-batch Mixup (B=512 3x32x32).
 The ratio to torchvision's whole-batch call (``<policy>`` alone) is printed, not checked: that call draws one
@@ -251,7 +248,7 @@ def measured_ratios(
     for device, results in policy_rows.items():
         for policy in POLICIES:
             ours = results.get(f"ours {policy}, per sample")
-            for key, anchor in ((policy, "whole batch (one op)"), (f"{policy} / per-op floor", FLOOR)):
+            for key, anchor in ((policy, "whole batch (one op)"), (f"{policy}{PER_OP}", FLOOR)):
                 floor = results.get(f"torchvision {policy}, {anchor}")
                 if ours and floor:
                     ratios[f"{device}: {key}"] = ours[1] / floor[1]
@@ -262,11 +259,16 @@ def measured_ratios(
     return ratios
 
 
+def limit_of(key: str, limits: dict[str, float] = CHECK_LIMITS) -> float | None:
+    """The limit of ratio ``device: name`` in ``limits`` (keyed by name), None when it is not checked."""
+    return limits.get(key.split(": ", 1)[-1])
+
+
 def check_ratios(ratios: dict[str, float], limits: dict[str, float] = CHECK_LIMITS) -> list[str]:
     """One line per ratio ``device: name`` above its limit in ``limits`` (keyed by name); empty when all pass."""
     failures = []
     for key, ratio in ratios.items():
-        limit = limits.get(key.split(": ", 1)[-1])
+        limit = limit_of(key, limits)
         if limit is not None and ratio > limit:
             failures.append(f"{key}: {ratio:.2f}x exceeds the limit {limit:.2f}x")
     return failures
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         ratios = measured_ratios(rows, policy_rows)
         print()
         for key, ratio in ratios.items():
-            limit = CHECK_LIMITS.get(key.split(": ", 1)[-1])
+            limit = limit_of(key)
             print(f"check {key}: {ratio:.2f}x ({'not checked' if limit is None else f'limit {limit:g}x'})")
         failures = check_ratios(ratios)
         for line in failures:
