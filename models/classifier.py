@@ -64,7 +64,7 @@ from models.backbones import create_model
 from models.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, param_groups
 from models.sam import SAM, preserve_bn_stats
 
-__all__ = ["CifarClassifier", "flip_tta_log_probs"]
+__all__ = ["ACCURACY_METRICS", "CifarClassifier", "flip_tta_log_probs"]
 
 RNG_STATE_KEY = "batch_augment_rng_state"
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads nearby seeds / ranks apart
@@ -95,16 +95,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+ACCURACY_METRICS = ("acc", "acc5", "bal_acc")
+"""The accuracy metrics every stage logs as ``<stage>/<name>`` (beside ``<stage>/loss``)."""
+
+
 def _accuracy_metrics(num_classes: int) -> MetricCollection:
     """top-1 `acc` and top-min(5, K) `acc5`, micro-averaged, and `bal_acc` (balanced accuracy: the mean of
     the per-class recalls of the classes present), no per-update validation (no host sync)."""
+    metrics = (
+        MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False),
+        MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False),
+        MulticlassAccuracy(num_classes, top_k=1, average="macro", validate_args=False),
+    )
     return MetricCollection(
         compute_groups=False,  # top-1 / top-5 states can match on a first batch; never merge them
-        metrics={
-            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False),
-            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False),
-            "bal_acc": MulticlassAccuracy(num_classes, top_k=1, average="macro", validate_args=False),
-        }
+        metrics=dict(zip(ACCURACY_METRICS, metrics, strict=True)),
     )
 
 

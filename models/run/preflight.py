@@ -16,6 +16,7 @@ from lightning_fabric.connector import _PRECISION_INPUT
 
 from augment.checks import CheckError, check_bool, check_choice, check_int, check_real, is_int, is_real, require
 from augment.erasing import hole_side
+from models.classifier import ACCURACY_METRICS
 
 __all__ = [
     "LOGGED_METRICS",
@@ -27,9 +28,7 @@ __all__ = [
 ]
 
 # What CifarClassifier logs at epoch level (the names a ModelCheckpoint / EarlyStopping may monitor).
-LOGGED_METRICS = (
-    "val/acc", "val/acc5", "val/bal_acc", "val/loss", "train/acc", "train/acc5", "train/bal_acc", "train/loss",
-)
+LOGGED_METRICS = tuple(f"{stage}/{name}" for stage in ("val", "train") for name in (*ACCURACY_METRICS, "loss"))
 
 
 def _literal_values(hint: Any) -> tuple[Any, ...]:
