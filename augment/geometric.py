@@ -129,6 +129,8 @@ def resample(x: torch.Tensor, matrix: torch.Tensor, interpolation: str, values: 
         return x.clone()
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     grid = _sampling_grid(matrix.to(x.device), h, w, dtype)
+    if interpolation == "nearest" and h * w < _EXACT_INDICES:
+        return _nearest_gather(x, grid, values)
     fills = to_device(torch.tensor(values, dtype=dtype), x.device)
     img = x.to(dtype)
     filled = any(v != 0 for v in values)  # read on the host: no device sync
@@ -147,6 +149,38 @@ def resample(x: torch.Tensor, matrix: torch.Tensor, interpolation: str, values: 
     if not x.is_floating_point() and not integral:
         out = out.round_()
     return out.to(x.dtype).contiguous(memory_format=memory_format(x))
+
+
+_EXACT_INDICES = 2**24  # float32 holds every pixel index below this exactly
+_INDEX_IMAGES: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _index_image(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(1, 1, H, W)`` of pixel numbers 1..H*W in ``dtype`` (0 is left for "outside"), made once per size."""
+    key = (h, w, device, dtype)
+    if key not in _INDEX_IMAGES:
+        _INDEX_IMAGES[key] = torch.arange(1, h * w + 1, dtype=dtype, device=device).view(1, 1, h, w)
+    return _INDEX_IMAGES[key]
+
+
+def _nearest_gather(x: torch.Tensor, grid: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
+    """Nearest resampling as a gather: ``grid_sample`` picks a source pixel number per output pixel (from a
+    one-channel index image, by the very rounding it applies to images; 0 outside) and the pixels are
+    copied from ``x`` in its own dtype, the fill standing at number 0. No float copy of the batch is made."""
+    b, c, h, w = x.shape
+    source = F.grid_sample(
+        _index_image(h, w, x.device, grid.dtype).expand(b, 1, h, w),
+        grid,
+        mode="nearest",
+        padding_mode="zeros",
+        align_corners=False,
+    )
+    index = source.view(b, 1, h * w).to(torch.int64).expand(b, c, h * w)
+    # The fill as the float path gives it: uint8 rounds a fractional fill, then casts.
+    fill = to_device(torch.tensor(values, dtype=grid.dtype), x.device)
+    fill = (fill if x.is_floating_point() else fill.round()).to(x.dtype)
+    pixels = torch.cat([fill.view(1, -1, 1).expand(b, c, 1), x.reshape(b, c, h * w)], dim=2)
+    return pixels.gather(2, index).view(b, c, h, w).contiguous(memory_format=memory_format(x))
 
 
 def _warp(x: torch.Tensor, interpolation: str, fill: float | Sequence[float], **params: Param) -> torch.Tensor:

@@ -151,6 +151,17 @@ def test_cpu_smoke_checkpoint_and_stopping_monitor_val(tmp_path: Path, in_tmp_cw
     assert cli.datamodule.resolved_loader in ("device", "workers")
 
 
+def test_best_checkpoint_name_carries_its_own_monitor(tmp_path: Path, in_tmp_cwd: Path) -> None:
+    base = ("--config", str(CONFIG_DIR / "cpu_smoke.yaml"), "--data.root", str(tmp_path))
+    assert _cli(*base).trainer.checkpoint_callback.filename == "best-epoch{epoch:03d}-val_acc{val/acc:.4f}"
+    balanced = _cli(*base, "--checkpoint.monitor", "val/bal_acc").trainer.checkpoint_callback
+    assert balanced.filename == "best-epoch{epoch:03d}-val_bal_acc{val/bal_acc:.4f}"
+    loss = _cli(*base, "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min").trainer.checkpoint_callback
+    assert loss.filename == "best-epoch{epoch:03d}-val_loss{val/loss:.4f}"
+    named = _cli(*base, "--checkpoint.monitor", "val/loss", "--checkpoint.filename", "mine{epoch}")
+    assert named.trainer.checkpoint_callback.filename == "mine{epoch}"  # a name the user chose is kept
+
+
 # --- bad config or data: one `error:` line naming the field, exit code 2 (more cases: test_bad_input.py)
 
 

@@ -159,6 +159,35 @@ def test_rotate_shear_translate_with_continuous_parameters_equal_torchvision(dty
         assert_matches(out, torch.stack([expected(i) for i in range(n)]), share)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("fill", [(0.0,), (10.0, 200.5, 31.0), (127.5,)])
+def test_nearest_gather_equals_the_float_resampling_path(monkeypatch, dtype, fill):
+    gen = torch.Generator().manual_seed(9)
+    x = as_dtype(IMAGES[:40], dtype)
+    x = x if dtype == torch.uint8 else x.to(dtype)
+    values = fill if dtype == torch.uint8 else tuple(v / 255.0 for v in fill)
+    matrix = geometric.inverse_affine(
+        *(torch.rand(40, generator=gen, dtype=torch.float64) * 60 - 30 for _ in range(5)), *torch.zeros(2, 40).double()
+    )
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        gathered = geometric.resample(xl, matrix, "nearest", values)
+        monkeypatch.setattr(geometric, "_EXACT_INDICES", 0)  # the float path: grid_sample on the image itself
+        floated = geometric.resample(xl, matrix, "nearest", values)
+        monkeypatch.undo()
+        assert torch.equal(gathered, floated)
+        assert gathered.dtype == dtype and gathered.is_contiguous(memory_format=layout)
+    other = geometric.resample(x, matrix, "nearest", tuple(v + (3 if dtype == torch.uint8 else 0.5) for v in values))
+    assert not torch.equal(other, gathered)  # some pixels come from outside the image: the fill is used
+
+
+def test_fractional_uint8_fill_rounds_as_torchvision():
+    x = IMAGES[:4]
+    out = geometric.rotate(x, 30.0, fill=[127.5, 0.5, 254.5])
+    expected = torch.stack([F.rotate(img, 30.0, fill=[127.5, 0.5, 254.5]) for img in x])
+    assert torch.equal(out, expected)
+
+
 def test_rotation_by_quarter_turns_moves_pixels_exactly():
     x = IMAGES[:6]
     out = geometric.rotate(x, torch.tensor([90.0, -90.0, 180.0, 270.0, 0.0, 360.0]))

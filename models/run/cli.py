@@ -145,6 +145,7 @@ class CifarCLI(LightningCLI):
         _check_accelerator(self.config.get("trainer.accelerator"))
         check_settings(self.config)
         logs_under_root_dir(self.config)
+        _name_best_by_monitor(self.config)
 
     def instantiate_classes(self) -> None:
         """Instantiate; a model config section's error gets its YAML path (`model.mixup.alpha`)."""
@@ -172,7 +173,7 @@ class CifarCLI(LightningCLI):
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": False,  # LastCheckpoint writes last.ckpt every epoch (see there)
-                "checkpoint.filename": "best-epoch{epoch:03d}-val_acc{val/acc:.4f}",
+                "checkpoint.filename": best_filename("val/acc"),
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
@@ -202,6 +203,18 @@ PATH_KEYS = (
     "ckpt_path", "data.root", "data.train_csv", "trainer.default_root_dir", "trainer.logger.init_args.save_dir",
     "checkpoint.dirpath",
 )
+
+
+def best_filename(monitor: str) -> str:
+    """The selected checkpoint's file name template: ``best-epoch{epoch:03d}-val_acc{val/acc:.4f}`` for val/acc."""
+    return f"best-epoch{{epoch:03d}}-{monitor.replace('/', '_')}{{{monitor}:.4f}}"
+
+
+def _name_best_by_monitor(config: Any) -> None:
+    """The default file name carries the value of the checkpoint's own monitor (``val_bal_acc0.4331``)."""
+    monitor = config.get("checkpoint.monitor")
+    if isinstance(monitor, str) and monitor and config.get("checkpoint.filename") == best_filename("val/acc"):
+        config["checkpoint.filename"] = best_filename(monitor)
 
 
 def _expand_paths(config: Any) -> None:
