@@ -2,7 +2,8 @@
 rotation and random vertical flip.
 
 ``x: (B, C, H, W)`` uint8 or floating point, any C. Every sample gets its own matrix; the whole batch is
-resampled by a single ``grid_sample`` call with a ``(B, H, W, 2)`` grid. Coordinates follow
+resampled by a single ``grid_sample`` call with a ``(B, H, W, 2)`` grid (for nearest, on a one-channel image
+of pixel numbers, whose result then gathers the pixels of ``x`` in its own dtype). Coordinates follow
 ``torchvision.transforms.v2.functional.affine`` (pixel units, origin at the image center, the inverse map
 from output to input pixels), as do interpolation (nearest or bilinear), the fill outside the image and
 rounding back to uint8, so each sample equals torchvision's result for its own parameters: bit for bit
