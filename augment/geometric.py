@@ -88,20 +88,20 @@ def _sampling_grid(matrix: torch.Tensor, height: int, width: int, dtype: torch.d
     """``grid_sample`` grid ``(B, H, W, 2)`` in [-1, 1] units for inverse maps ``matrix (B, 2, 3)``.
 
     ``x * t0 + y * t1 + t2`` with each step rounded in ``dtype``: bit for bit the product of torchvision's
-    base grid with its matrix, built from a row term and a column term instead of a matrix product.
+    base grid with its matrix, built from a row term and a column term instead of a matrix product. The two
+    coordinates are computed as planes ``(B, 2, H, W)`` (long inner broadcasts, fast) and returned as a
+    permuted view, which ``grid_sample`` reads through its strides (no interleaving copy).
     """
     dev, b = matrix.device, matrix.shape[0]
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=dev, dtype=dtype)
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=dev, dtype=dtype)
-    theta = matrix.to(dtype).transpose(1, 2).contiguous()  # (B, 3, 2): rows x, y, 1; columns grid x, grid y
-    theta[..., 0].div_(0.5 * width)
-    theta[..., 1].div_(0.5 * height)
-    grid = torch.empty(b, height, width, 2, dtype=dtype, device=dev)
-    for k in range(2):  # one coordinate at a time keeps the broadcasts' inner dimension W long (fast)
-        cols = xs.view(1, 1, width) * theta[:, 0, k].view(b, 1, 1)
-        rows = ys.view(1, height, 1) * theta[:, 1, k].view(b, 1, 1)
-        grid[..., k] = cols.add(rows).add_(theta[:, 2, k].view(b, 1, 1))
-    return grid
+    theta = matrix.to(dtype, copy=True)  # (B, 2, 3): rows grid x, grid y; columns x, y, 1
+    theta[:, 0].div_(0.5 * width)
+    theta[:, 1].div_(0.5 * height)
+    cols = xs.view(1, 1, 1, width) * theta[:, :, 0].reshape(b, 2, 1, 1)
+    rows = ys.view(1, 1, height, 1) * theta[:, :, 1].reshape(b, 2, 1, 1)
+    planes = cols.add(rows).add_(theta[:, :, 2].reshape(b, 2, 1, 1))
+    return planes.permute(0, 2, 3, 1)
 
 
 def warp_affine(
