@@ -273,15 +273,14 @@ def _equalize(x: torch.Tensor, unused: torch.Tensor | None = None) -> torch.Tens
         ones = torch.ones(1, dtype=torch.int64, device=x.device).expand(bins.numel())
         hist = torch.zeros(planes * 256, dtype=torch.int64, device=x.device).scatter_add_(0, bins.long(), ones)
     hist = hist.view(planes, 256)
-    cum = hist.cumsum(1)
-    # Pixels outside the brightest occupied level: that level is the last one where the cumulative count grows.
-    levels = torch.arange(256, device=x.device)
-    last = torch.where(hist > 0, levels, -1).amax(1, keepdim=True)
-    step = (h * w - hist.gather(1, last)).div(255, rounding_mode="floor")  # (planes, 1)
-    # lut[0] = 0, lut[k] = (cum[k - 1] + step // 2) // step, clamped to 255; the identity where step == 0.
-    lut = (cum[:, :-1] + step.div(2, rounding_mode="floor")).div(step.clamp(min=1), rounding_mode="floor")
-    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut.clamp_(max=255)], dim=1)
-    lut = torch.where(step > 0, lut, levels).to(torch.uint8)
+    # Pillow's step: the pixels outside the brightest occupied level (the plane's max), // 255.
+    brightest = img.reshape(planes, h * w).amax(1, keepdim=True).long()
+    step = (h * w - hist.gather(1, brightest)).div(255, rounding_mode="floor")  # (planes, 1)
+    # lut[k] = (pixels below level k + step // 2) // step, clamped to 255; the identity where step == 0.
+    # The floor of a float64 quotient of integers below 2**53 is their integer quotient (and vectorizes).
+    below = hist.cumsum(1).sub_(hist).add_(step.div(2, rounding_mode="floor"))
+    lut = below.double().div_(step.clamp(min=1).double()).floor_().clamp_(max=255)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device, dtype=lut.dtype)).to(torch.uint8)
     out = lut.view(-1).index_select(0, bins).view(b, c, h, w)  # a pixel's histogram bin indexes its table entry
     if x.is_floating_point():
         out = out.to(x.dtype).mul_(1.0 / 255.0)
