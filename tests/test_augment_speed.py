@@ -29,7 +29,9 @@ def test_measured_ratios_use_same_run_anchors():
             "torchvision TrivialAugmentWide, per-image loop": ("TrivialAugmentWide", 60.0, True),
         }
     }
-    rows = {"cpu": {"ours switch per-sample": [3.0, 10.0], "timm Mixup batch": [2.0, 20.0]}}
+    # The switch is held to timm's expected cost per batch, not to the median of its Mixup-or-CutMix calls.
+    timm = {bench.TIMM_EXPECTED: [2.0, 20.0], "timm Mixup batch": [1.0, 9.0]}
+    rows = {"cpu": {"ours switch per-sample": [3.0, 10.0], **timm}}
     ratios = bench.measured_ratios(rows, policy_rows)
     assert ratios == {"cpu: TrivialAugmentWide": 3.0, "cpu: ours switch per-sample": 1.5}
     assert bench.check_ratios(ratios) == []  # the one-op ratio is printed, not checked
@@ -42,9 +44,21 @@ def test_per_op_floor_ratio_uses_the_floor_row():
         "ours AutoAugment CIFAR-10, per sample": ("AutoAugment CIFAR-10", 6.0, False),
         "torchvision AutoAugment CIFAR-10, whole batch (one op)": ("AutoAugment CIFAR-10", 2.0, False),
         f"torchvision AutoAugment CIFAR-10, {bench.FLOOR}": ("AutoAugment CIFAR-10", 5.0, False),
+        f"torchvision AutoAugment CIFAR-10, {bench.ONE_OP_MEAN}": ("AutoAugment CIFAR-10", 4.0, False),
     }}
     ratios = bench.measured_ratios({}, policy_rows)
-    assert ratios == {"cpu: AutoAugment CIFAR-10": 3.0, "cpu: AutoAugment CIFAR-10 / per-op floor": 1.2}
+    assert ratios == {
+        "cpu: AutoAugment CIFAR-10": 3.0,
+        "cpu: AutoAugment CIFAR-10 / one-op mean": 1.5,
+        "cpu: AutoAugment CIFAR-10 / per-op floor": 1.2,
+    }
+    assert bench.check_ratios(ratios) == []  # only the floor ratio is checked (limit 2x)
+
+
+def test_timm_expected_cost_weights_its_mixup_and_cutmix_medians():
+    results = {"timm Mixup batch, Mixup only": [3.0, 30.0], "timm Mixup batch, CutMix only": [1.0, 20.0]}
+    assert bench.timm_expected_ms(results) == [2.0, 25.0]
+    assert bench.timm_expected_ms(results, switch_prob=0.25) == [2.5, 27.5]
 
 
 def test_op_shares_are_the_policy_draw_frequencies():
