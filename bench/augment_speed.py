@@ -8,11 +8,11 @@ lands on either cluster from run to run; the anchor is the mean of its Mixup-onl
 Policies (TrivialAugmentWide, RandAugment, AutoAugment CIFAR-10) on one uint8 batch 512 x 3x32x32: ours
 per sample on the device, torchvision's per-image loop (what a DataLoader worker does for a batch),
 torchvision's call on the whole batch tensor (one op and magnitude for all 512 images; its median time is
-that of the median op, since each call draws one; its mean over many calls, the expected cost per batch,
-is printed too), torchvision's per-op floor (every sample's op at the
-speed of torchvision's whole-batch call of that op: the share of samples drawing each op times that call's
-time, summed; the cost of one op per image with no grouping) and kornia's batch version when kornia is
-installed (an optional anchor); ratios against torchvision's loop.
+that of the median op, since each call draws one; its mean over many calls is the expected cost per
+batch), torchvision's per-op floor (every sample's op at the speed of torchvision's whole-batch call of
+that op: the share of samples drawing each op times that call's time, summed; the cost of one op per image
+with no grouping) and kornia's batch version when kornia is installed (an optional anchor); ratios
+against torchvision's loop.
 
     python -m bench.augment_speed --device cpu --repeats 50
     python -m bench.augment_speed --device cpu --suite policies --threads 1
@@ -42,6 +42,7 @@ from augment.policies import AutoAugment, RandAugment, TrivialAugmentWide
 
 __all__ = [
     "main",
+    "call_times",
     "time_ms",
     "policy_candidates",
     "policy_pairs",
@@ -86,8 +87,8 @@ cost (B=512 3x32x32). The ratios to torchvision's whole-batch call are printed, 
 with sampling noise. Figures: README "Benchmarks"."""
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 5) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` runs after ``warmup`` runs."""
+def call_times(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 5) -> list[float]:
+    """Wall time in seconds of each of ``repeats`` calls of ``fn()`` after ``warmup`` calls (CUDA synchronized)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
@@ -98,20 +99,17 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return times
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 5) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` runs after ``warmup`` runs."""
+    return statistics.median(call_times(fn, device, repeats, warmup)) * 1e3
 
 
 def mean_ms(fn: Callable[[], object], device: torch.device, calls: int = MEAN_CALLS, warmup: int = 5) -> float:
     """Mean wall time of ``fn()`` in ms over ``calls`` runs: the expected cost of a call that draws its work."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / calls * 1e3
+    return statistics.fmean(call_times(fn, device, calls, warmup)) * 1e3
 
 
 def candidates(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -272,7 +270,7 @@ def table(rows: dict[str, dict[str, list[float]]]) -> str:
         head += [f"B={b} {c}x{h}x{w} ms", "x timm batch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for device, results in rows.items():
-        base = results.get(TIMM_EXPECTED, results["timm Mixup batch"])
+        base = results[TIMM_EXPECTED]
         for name, times in results.items():
             cells = [device, name]
             for t, ref in zip(times, base):
@@ -295,9 +293,9 @@ def measured_ratios(
                 (f"{policy}{PER_OP}", FLOOR),
             )
             for key, anchor in anchors:
-                floor = results.get(f"torchvision {policy}, {anchor}")
-                if ours and floor:
-                    ratios[f"{device}: {key}"] = ours[1] / floor[1]
+                theirs = results.get(f"torchvision {policy}, {anchor}")
+                if ours and theirs:
+                    ratios[f"{device}: {key}"] = ours[1] / theirs[1]
     for device, results in rows.items():
         if "ours switch per-sample" in results and TIMM_EXPECTED in results:
             switch, timm = results["ours switch per-sample"][0], results[TIMM_EXPECTED][0]
